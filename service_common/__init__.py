@@ -1,0 +1,1 @@
+"""What both services share: authentication, error mapping and gRPC server plumbing."""

@@ -1,0 +1,134 @@
+"""The one place where domain errors become gRPC status codes.
+
+An `InvalidArgument` carries its field violations as `google.rpc.BadRequest` in the
+status details, so generated clients in any language can read which field is wrong.
+Anything that is not a `WebhooksError` is a bug: it is logged with its traceback and
+answered INTERNAL without details, so internals never leak to callers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service_common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StaleEtag,
+    StoreUnavailable,
+    Unauthenticated,
+    WebhooksError,
+)
+
+__all__ = ["abort_with", "status_code_of", "translate_errors", "translate_stream_errors"]
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[WebhooksError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    StaleEtag: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Servicer = TypeVar("Servicer")
+
+
+def status_code_of(error: WebhooksError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        code = _CODES.get(kind)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _rich_status(error: WebhooksError) -> grpc.Status:
+    code = status_code_of(error)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error))
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        status.details.append(detail)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: WebhooksError) -> NoReturn:
+    status = _rich_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+async def _abort_internal(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    log.exception("unexpected error while handling a call")
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def translate_errors(
+    method: Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
+    """Wraps a unary servicer method so domain errors become the right status."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
+        try:
+            return await method(self, request, context)
+        except WebhooksError as error:
+            await abort_with(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await _abort_internal(context)
+
+    return wrapper
+
+
+def translate_stream_errors(
+    method: Callable[
+        [Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]
+    ],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Response]]:
+    """Wraps a server-streaming servicer method so domain errors become the right status."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Response]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except WebhooksError as error:
+            await abort_with(context, error)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            await _abort_internal(context)
+
+    return wrapper

@@ -1,0 +1,49 @@
+"""gRPC server plumbing both services share: health checking, reflection, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+# The published type stubs predate the asyncio health servicer.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+__all__ = ["MAX_MESSAGE_BYTES", "HealthServicer", "add_health_and_reflection", "new_server"]
+
+HealthServicer = Any
+
+# Large enough for a batch of events, small enough that one caller cannot exhaust memory.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+
+
+async def add_health_and_reflection(
+    server: grpc.aio.Server, *, service_names: Iterable[str]
+) -> HealthServicer:
+    """Registers health checking (each service SERVING) and server reflection.
+
+    Call `enter_graceful_shutdown()` on the returned servicer before stopping, so load
+    balancers see NOT_SERVING while calls in flight finish.
+    """
+    names = tuple(service_names)
+    health_servicer: HealthServicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*names, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return health_servicer

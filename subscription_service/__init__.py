@@ -1,0 +1,1 @@
+"""The subscription service: gRPC CRUD and a change stream over webhook subscriptions."""

@@ -1,0 +1,44 @@
+"""SQLModel tables of the subscription service. Alembic migrations create them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+__all__ = ["SubscriptionMessageTypeRow", "SubscriptionRow", "metadata"]
+
+metadata = SQLModel.metadata
+
+
+class SubscriptionRow(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+    # Keyset pagination walks (tenant, create_time, id).
+    __table_args__ = (sa.Index("ix_subscriptions_tenant_created", "tenant", "create_time", "id"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant: str = Field(max_length=64)
+    url: str = Field(max_length=2048)
+    description: str = Field(default="", max_length=1024)
+    enabled: bool
+    disabled_reason: str = Field(default="", max_length=1024)
+    signature_algorithm: str = Field(max_length=32)
+    secret: str | None = Field(default=None, max_length=200)
+    version: int
+    create_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    update_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+class SubscriptionMessageTypeRow(SQLModel, table=True):
+    """One entry of a subscription's `message_types`, kept as rows so lists can filter by type."""
+
+    __tablename__ = "subscription_message_types"
+
+    subscription_id: str = Field(
+        foreign_key="subscriptions.id", primary_key=True, max_length=40, ondelete="CASCADE"
+    )
+    position: int = Field(primary_key=True)
+    pattern: str = Field(max_length=200, index=True)
+    # For a prefix pattern `event.claim.*`, the prefix `event.claim.`; NULL for an exact type.
+    prefix: str | None = Field(default=None, max_length=200)

@@ -1,0 +1,87 @@
+"""Assembly and lifetime of the subscription service's gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from sqlalchemy.engine import Engine
+
+from service_common.auth import TokenStore
+from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from subscription_service.database import create_engine, migrate
+from subscription_service.manager import SubscriptionManager
+from subscription_service.servicer import SubscriptionServicer
+from subscription_service.settings import SubscriptionSettings
+from subscription_service.store import SubscriptionStore
+from subscription_service.watch import ChangeHub
+from webhook_contracts import known_message_types
+from webhooks.v1 import subscription_service_pb2 as pb
+from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
+
+__all__ = ["RunningServer", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SubscriptionService"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it listens on, and how to stop it gracefully."""
+
+    server: grpc.aio.Server
+    port: int
+    hub: ChangeHub
+    health: HealthServicer
+    engine: Engine
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        # Watch streams never end by themselves; close them so shutdown does not wait out the grace.
+        self.hub.close()
+        await self.server.stop(grace)
+        self.engine.dispose()
+
+
+async def create_server(settings: SubscriptionSettings) -> RunningServer:
+    """Migrates the database, then starts the server on `settings.grpc_addr`."""
+    tokens = (
+        TokenStore.from_file(settings.auth_tokens_file)
+        if settings.auth_tokens_file
+        else TokenStore()
+    )
+    if not len(tokens):
+        log.warning("no tokens configured (SUBSCRIPTIONS_AUTH_TOKENS_FILE): every call is refused")
+    engine = create_engine(settings.database_url)
+    await asyncio.to_thread(migrate, engine)
+    hub = ChangeHub(queue_size=settings.watch_queue_size)
+    manager = SubscriptionManager(
+        store=SubscriptionStore(engine), hub=hub, known_message_types=known_message_types()
+    )
+    server = new_server()
+    pb_grpc.add_SubscriptionServiceServicer_to_server(
+        SubscriptionServicer(manager=manager, tokens=tokens), server
+    )
+    health_servicer = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
+    port = server.add_insecure_port(settings.grpc_addr)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.grpc_addr}")
+    await server.start()
+    return RunningServer(server=server, port=port, hub=hub, health=health_servicer, engine=engine)
+
+
+async def serve(settings: SubscriptionSettings) -> None:
+    """Runs until SIGINT or SIGTERM, then stops gracefully."""
+    running = await create_server(settings)
+    host = settings.grpc_addr.rsplit(":", 1)[0]
+    log.info("subscription service listening on %s:%d", host, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,114 @@
+"""Fixtures shared by the whole suite: databases (SQLite and PostgreSQL) and tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from service_common.auth import hash_token
+
+# The PostgreSQL server the tests may use; each test gets a database of its own on it.
+POSTGRES_URL = os.environ.get(
+    "WEBHOOKS_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test"
+)
+
+
+def _libpq_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        with psycopg.connect(_libpq_dsn(POSTGRES_URL), connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc)
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    url: str
+    name: str
+
+    def admin_connect(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(_libpq_dsn(POSTGRES_URL), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> None:
+    problem = _postgres_reachable()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required when CI is set: {problem}")
+    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {problem}")
+
+
+@pytest.fixture
+def postgres_database(postgres_available: None) -> Iterator[PostgresDatabase]:
+    """A new, empty PostgreSQL database, dropped after the test."""
+    name = f"webhooks_test_{uuid.uuid4().hex[:12]}"
+    database = PostgresDatabase(
+        url=make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False),
+        name=name,
+    )
+    with database.admin_connect() as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield database
+    with database.admin_connect() as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test once on a SQLite file and once on a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    database: PostgresDatabase = request.getfixturevalue("postgres_database")
+    return database.url
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Tokens of the test tokens file, by who holds them."""
+
+    file: Path
+    acme: str = "acme-writer-token"
+    acme_reader: str = "acme-reader-token"
+    acme_publisher: str = "acme-publisher-token"
+    globex: str = "globex-writer-token"
+    platform: str = "platform-admin-token"
+    operator: str = "operator-token-all-tenants"
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    path = tmp_path / "tokens.json"
+    held = Tokens(file=path)
+    entries = [
+        (held.acme, "acme", ["subscriptions:read", "subscriptions:write"]),
+        (held.acme_reader, "acme", ["subscriptions:read"]),
+        (held.acme_publisher, "acme", ["publish"]),
+        (held.globex, "globex", ["subscriptions:read", "subscriptions:write"]),
+        (held.platform, "*", ["admin"]),
+        (held.operator, "*", ["subscriptions:read", "subscriptions:write"]),
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"sha256": hash_token(token), "tenant": tenant, "scopes": scopes}
+                    for token, tenant, scopes in entries
+                ]
+            }
+        )
+    )
+    return held
