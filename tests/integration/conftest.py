@@ -13,7 +13,6 @@ from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
 from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
 
-
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
@@ -23,9 +22,10 @@ def auth(token: str) -> Metadata:
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The google.rpc.BadRequest field violations of a failed call, by field."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)  # type: ignore[arg-type]
+    metadata: tuple[tuple[str, str | bytes], ...] = tuple(error.trailing_metadata() or ())  # type: ignore[arg-type]
+    for key, value in metadata:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 bad_request = error_details_pb2.BadRequest()
                 if detail.Unpack(bad_request):

@@ -328,8 +328,10 @@ async def test_delete_removes_and_honours_the_etag(stub: Stub, tokens: Tokens) -
     assert again.code() == Code.NOT_FOUND
 
 
-async def next_item(stream: grpc.aio.UnaryStreamCall[object, Watch]) -> Watch:
-    return await asyncio.wait_for(stream.read(), timeout=10)  # type: ignore[arg-type, return-value]
+async def next_item(stream: grpc.aio.UnaryStreamCall[pb.WatchSubscriptionsRequest, Watch]) -> Watch:
+    item = await asyncio.wait_for(stream.read(), timeout=10)
+    assert isinstance(item, Watch), "the watch stream ended"
+    return item
 
 
 async def test_watch_sends_snapshot_then_changes_in_order_for_own_tenant_only(
