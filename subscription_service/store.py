@@ -7,19 +7,18 @@ UNAVAILABLE instead of a crash.
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service_common.errors import InvalidArgument, NotFound, StaleEtag, StoreUnavailable
+from service_common.database import unavailable_on_database_errors
+from service_common.errors import InvalidArgument, NotFound, StaleEtag
 from subscription_service.domain import (
     ListQuery,
     NewSubscription,
@@ -31,9 +30,6 @@ from subscription_service.models import SubscriptionMessageTypeRow, Subscription
 
 __all__ = ["Cursor", "SubscriptionStore"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 
 @dataclass(frozen=True)
 class Cursor:
@@ -43,26 +39,11 @@ class Cursor:
     id: str
 
 
-def _unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise StoreUnavailable("the subscription store is unavailable") from exc
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable("the subscription store is unavailable") from exc
-            raise
-
-    return wrapper
-
-
 class SubscriptionStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def create(self, new: NewSubscription, *, now: datetime) -> Subscription:
         row = SubscriptionRow(
             id=f"sub_{uuid.uuid4().hex}",
@@ -85,13 +66,13 @@ class SubscriptionStore:
             session.refresh(row)
             return _to_domain(row, new.message_types)
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def get(self, subscription_id: str, *, tenant: str | None) -> Subscription:
         with Session(self._engine) as session:
             row = _find(session, subscription_id, tenant=tenant)
             return _to_domain(row, _message_types_of(session, [row.id])[row.id])
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def page(
         self, query: ListQuery, *, after: Cursor | None
     ) -> tuple[list[Subscription], Cursor | None]:
@@ -117,7 +98,7 @@ class SubscriptionStore:
         following = Cursor(page[-1].create_time, page[-1].id) if more else None
         return page, following
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def all(self, *, tenant: str | None) -> list[Subscription]:
         statement = select(SubscriptionRow).order_by(
             col(SubscriptionRow.create_time), col(SubscriptionRow.id)
@@ -127,7 +108,7 @@ class SubscriptionStore:
         with Session(self._engine) as session:
             return _with_message_types(session, list(session.exec(statement)))
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def update(
         self,
         subscription_id: str,
@@ -166,7 +147,7 @@ class SubscriptionStore:
             updated = _find(session, subscription_id, tenant=tenant)
             return _to_domain(updated, _message_types_of(session, [row.id])[row.id])
 
-    @_unavailable_on_database_errors
+    @unavailable_on_database_errors
     def delete(
         self, subscription_id: str, *, tenant: str | None, expected_version: int | None
     ) -> Subscription:

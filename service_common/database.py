@@ -1,0 +1,81 @@
+"""Database engines for SQLite and PostgreSQL, and migrations at start.
+
+Each service has its own database and its own Alembic migrations; this is only the
+plumbing they share.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine, make_url
+
+from service_common.errors import StoreUnavailable
+
+__all__ = ["create_engine", "migrate", "unavailable_on_database_errors"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Turns a lost or unreachable database into `StoreUnavailable` (UNAVAILABLE to callers)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailable("the database is unavailable") from exc
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable("the database is unavailable") from exc
+            raise
+
+    return wrapper
+
+
+def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> Engine:
+    """An engine for `url`; SQLite files get WAL, foreign keys and a busy timeout."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, parsed.database, synchronous=sqlite_synchronous)
+    # pre_ping replaces connections the server closed (a restart) instead of failing a call.
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+
+
+def _sqlite_engine(url: str, database: str | None, *, synchronous: str) -> Engine:
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def migrate(engine: Engine, *, script_location: str, lock_id: int) -> None:
+    """Brings the schema to the newest migration of `script_location`.
+
+    On PostgreSQL an advisory lock makes replicas that start together take turns.
+    """
+    config = Config()
+    config.set_main_option("script_location", script_location)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
