@@ -1,0 +1,1 @@
+"""The dispatcher: durable ingestion of events, signing, and delivery with retries."""

@@ -1,0 +1,50 @@
+"""The statement that claims due deliveries, per backend.
+
+PostgreSQL: `FOR UPDATE SKIP LOCKED` lets any number of dispatchers claim from one
+table at once, each taking rows the others have not locked.
+
+SQLite: SQLAlchemy would silently drop `SKIP LOCKED`, so SQLite gets its own claim. It
+needs none: one UPDATE statement holds the database's single write lock from the
+moment it reads the due rows to the moment it sets their lease, so two processes can
+never claim the same row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from dispatcher_service.domain import DUE_STATES
+from dispatcher_service.models import DeliveryRow
+
+__all__ = ["claim_statement"]
+
+
+def _due(now: datetime) -> sa.Select[Any]:
+    return (
+        sa.select(col(DeliveryRow.id))
+        .where(
+            col(DeliveryRow.state).in_([state.value for state in DUE_STATES]),
+            col(DeliveryRow.next_attempt_time) <= now,
+            sa.or_(col(DeliveryRow.lease_expires).is_(None), col(DeliveryRow.lease_expires) < now),
+        )
+        .order_by(col(DeliveryRow.next_attempt_time))
+    )
+
+
+def claim_statement(
+    dialect: str, *, owner: str, now: datetime, lease_until: datetime, limit: int
+) -> sa.Update:
+    """UPDATE ... RETURNING id that leases up to `limit` due deliveries to `owner`."""
+    due = _due(now).limit(limit)
+    if dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    return (
+        sa.update(DeliveryRow)
+        .where(col(DeliveryRow.id).in_(due.scalar_subquery()))
+        .values(lease_owner=owner, lease_expires=lease_until)
+        .returning(col(DeliveryRow.id))
+    )

@@ -1,0 +1,115 @@
+"""Domain values of the dispatcher, free of protobuf and SQL."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = [
+    "Attempt",
+    "ClaimedDelivery",
+    "Completion",
+    "Delivery",
+    "DeliveryQuery",
+    "DeliveryState",
+    "IngestOutcome",
+    "PreparedEvent",
+    "Target",
+]
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+
+
+DUE_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A subscription an event is routed to, as known at ingestion."""
+
+    subscription_id: str
+    url: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedEvent:
+    """A validated event ready to store: its signed text and where it goes."""
+
+    tenant: str
+    message_id: str
+    message_type: str
+    payload: str
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    message_id: str
+    duplicate: bool
+    deliveries: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedDelivery:
+    """A due delivery a worker holds the lease of, with what it needs to send it."""
+
+    id: str
+    tenant: str
+    subscription_id: str
+    message_id: str
+    message_type: str
+    url: str
+    attempt_count: int
+    payload: str
+    event_time: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    number: int
+    start_time: datetime
+    status_code: int
+    latency_ms: int
+    error: str
+    response_snippet: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completion:
+    """The result of one attempt and what the delivery becomes."""
+
+    delivery_id: str
+    attempt: Attempt
+    state: DeliveryState
+    next_attempt_time: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    id: str
+    tenant: str
+    subscription_id: str
+    message_id: str
+    message_type: str
+    url: str
+    state: DeliveryState
+    attempt_count: int
+    next_attempt_time: datetime | None
+    create_time: datetime
+    update_time: datetime
+    attempts: tuple[Attempt, ...] = field(default=())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryQuery:
+    tenant: str | None
+    page_size: int
+    subscription_id: str | None = None
+    message_id: str | None = None
+    state: DeliveryState | None = None
