@@ -1,49 +1,23 @@
-"""Opaque page tokens for ListSubscriptions.
-
-A token holds the cursor of the last row sent and a fingerprint of the filters, so a
-token reused with other filters is refused instead of returning a confusing page.
-"""
+"""Page tokens for ListSubscriptions: a store cursor plus the filters it was issued for."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-from datetime import datetime
-
-from service_common.errors import InvalidArgument
+from service_common.page_tokens import decode_page_token as _decode
+from service_common.page_tokens import encode_page_token as _encode
 from subscription_service.domain import ListQuery
 from subscription_service.store import Cursor
 
 __all__ = ["decode_page_token", "encode_page_token"]
 
-_FIELD = "page_token"
 
-
-def _fingerprint(query: ListQuery) -> str:
-    filters = [query.tenant, query.message_type, query.enabled]
-    return hashlib.sha256(json.dumps(filters).encode()).hexdigest()[:16]
+def _filters(query: ListQuery) -> list[object]:
+    return [query.tenant, query.message_type, query.enabled]
 
 
 def encode_page_token(cursor: Cursor, query: ListQuery) -> str:
-    raw = json.dumps(
-        {"t": cursor.create_time.isoformat(), "i": cursor.id, "f": _fingerprint(query)},
-        separators=(",", ":"),
-    )
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return _encode((cursor.create_time, cursor.id), _filters(query))
 
 
 def decode_page_token(token: str, query: ListQuery) -> Cursor | None:
-    if not token:
-        return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        cursor = Cursor(create_time=datetime.fromisoformat(data["t"]), id=str(data["i"]))
-        fingerprint = data["f"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument.of(_FIELD, "is not a token this service issued") from exc
-    if fingerprint != _fingerprint(query):
-        raise InvalidArgument.of(_FIELD, "was issued for other filters; start from the first page")
-    return cursor
+    position = _decode(token, _filters(query))
+    return None if position is None else Cursor(*position)

@@ -1,0 +1,227 @@
+"""Ingestion: check each published event, route it, and store it before it is acknowledged.
+
+A bad event is refused on its own (per-event error); the good events of the same
+batch are stored together in one transaction, and only then acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
+from dispatcher_service.domain import IngestOutcome, PreparedEvent, Target
+from dispatcher_service.store import DeliveryStore
+from service_common.auth import Caller, Scope, validate_tenant
+from service_common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+    StoreUnavailable,
+    WebhooksError,
+)
+from webhook_contracts import ContractViolation, Registry, UnknownMessageType
+from webhook_receiver import payload_as_string
+
+__all__ = [
+    "MAX_BATCH_EVENTS",
+    "MAX_DETAILS_BYTES",
+    "EventUser",
+    "IncomingEvent",
+    "Ingestor",
+    "Rejected",
+    "RouteSource",
+]
+
+MAX_BATCH_EVENTS = 500
+MAX_DETAILS_BYTES = 64 * 1024
+MAX_MESSAGE_ID_LENGTH = 200
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+# Contract paths are dotted from the webhook body; publishers know the gRPC field names.
+_FIELD_NAMES = {
+    "payload.messageId": "message_id",
+    "payload.timestamp": "timestamp",
+    "payload.user.poolId": "user.pool_id",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventUser:
+    id: str
+    pool_id: str
+    originator: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncomingEvent:
+    """An event as a publisher sent it, before any check."""
+
+    tenant: str
+    message_id: str
+    message_type: str
+    timestamp: datetime | None
+    details: str
+    user: EventUser | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A refused event: the error that says why."""
+
+    message_id: str
+    error: WebhooksError
+
+
+class _Route(Protocol):
+    @property
+    def subscription_id(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+class RouteSource(Protocol):
+    """Where ingestion learns which subscriptions receive an event."""
+
+    def is_ready(self) -> bool: ...
+
+    def routes_for(self, tenant: str, message_type: str) -> Sequence[_Route]: ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        registry: Registry,
+        routes: RouteSource,
+        clock: Callable[[], datetime] = _utc_now,
+        on_stored: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._routes = routes
+        self._clock = clock
+        self._on_stored = on_stored
+
+    async def publish(
+        self, caller: Caller, events: Sequence[IncomingEvent]
+    ) -> list[IngestOutcome | Rejected]:
+        """Results in the order of `events`; raises only for what concerns the whole call."""
+        caller.require(Scope.PUBLISH)
+        if len(events) > MAX_BATCH_EVENTS:
+            raise InvalidArgument.of("events", f"at most {MAX_BATCH_EVENTS} events per request")
+        if not self._routes.is_ready():
+            raise StoreUnavailable("routing is not loaded yet; retry shortly")
+        now = self._clock()
+        checked = [self._prepare(caller, event, now=now) for event in events]
+        good = [item for item in checked if isinstance(item, PreparedEvent)]
+        stored = iter(await asyncio.to_thread(self._store.ingest, good, now=now) if good else [])
+        if good:
+            self._on_stored()
+        return [item if isinstance(item, Rejected) else next(stored) for item in checked]
+
+    def _prepare(
+        self, caller: Caller, event: IncomingEvent, *, now: datetime
+    ) -> PreparedEvent | Rejected:
+        try:
+            tenant = _tenant_of(caller, event.tenant)
+            payload = self._payload(event, now=now)
+        except WebhooksError as error:
+            return Rejected(event.message_id, error)
+        targets = tuple(
+            Target(route.subscription_id, route.url)
+            for route in self._routes.routes_for(tenant, event.message_type)
+        )
+        return PreparedEvent(
+            tenant=tenant,
+            message_id=event.message_id,
+            message_type=event.message_type,
+            payload=payload,
+            targets=targets,
+        )
+
+    def _payload(self, event: IncomingEvent, *, now: datetime) -> str:
+        _check_message_id(event.message_id)
+        try:
+            contract = self._registry.get(event.message_type)
+        except UnknownMessageType:
+            raise InvalidArgument.of(
+                "message_type", f"unknown message type '{event.message_type[:200]}'"
+            ) from None
+        details = _details(event)
+        given_type = details.setdefault("messageType", event.message_type)
+        if given_type != event.message_type:
+            raise InvalidArgument.of(
+                "details.messageType", f"must equal message_type '{event.message_type}'"
+            )
+        payload: dict[str, object] = {
+            "details": details,
+            "messageId": event.message_id,
+            "timestamp": _iso_millis(event.timestamp or now),
+        }
+        if event.user is not None:
+            payload["user"] = {
+                "id": event.user.id,
+                "poolId": event.user.pool_id,
+                "originator": event.user.originator,
+            }
+        violations = contract.violations(payload)
+        if violations:
+            raise InvalidArgument(_field_violation(v) for v in violations)
+        try:
+            return payload_as_string(payload)
+        except ValueError as error:
+            raise InvalidArgument.of("details", str(error)) from None
+
+
+def _tenant_of(caller: Caller, requested: str) -> str:
+    if caller.all_tenants:
+        if not requested:
+            raise InvalidArgument.of("tenant", "required for a token of every tenant")
+        return validate_tenant(requested, field="tenant")
+    if requested and requested != caller.tenant:
+        raise PermissionDenied("the token does not belong to that tenant")
+    return caller.tenant
+
+
+def _check_message_id(message_id: str) -> None:
+    if not message_id:
+        raise InvalidArgument.of("message_id", "required")
+    if len(message_id) > MAX_MESSAGE_ID_LENGTH or not _PRINTABLE.fullmatch(message_id):
+        raise InvalidArgument.of(
+            "message_id",
+            f"at most {MAX_MESSAGE_ID_LENGTH} printable ASCII characters without spaces",
+        )
+
+
+def _details(event: IncomingEvent) -> dict[str, object]:
+    if len(event.details.encode()) > MAX_DETAILS_BYTES:
+        raise InvalidArgument.of("details", f"at most {MAX_DETAILS_BYTES} bytes of JSON")
+    try:
+        details = orjson.loads(event.details)
+    except orjson.JSONDecodeError as error:
+        raise InvalidArgument.of("details", f"is not valid JSON: {error}") from None
+    if not isinstance(details, dict):
+        raise InvalidArgument.of("details", "must be a JSON object")
+    return details
+
+
+def _iso_millis(moment: datetime) -> str:
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _field_violation(violation: ContractViolation) -> FieldViolation:
+    path = violation.path
+    field = _FIELD_NAMES.get(path) or path.removeprefix("payload.") or "details"
+    return FieldViolation(field, violation.message)

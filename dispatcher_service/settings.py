@@ -1,0 +1,55 @@
+"""Settings of the dispatcher, read from `DISPATCHER_*` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DispatcherSettings"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DispatcherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
+
+    # host:port of the gRPC API; port 0 picks a free port (tests).
+    grpc_addr: str = "127.0.0.1:50052"
+    # SQLite file by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
+    database_url: str = "sqlite:///var/dispatcher.db"
+    # JSON file of accepted tokens (see the README). Without one every call is refused.
+    auth_tokens_file: Path | None = None
+    # Where the subscription service listens, and the file holding the token the
+    # dispatcher watches it with (tenant `*`, scope `admin`).
+    subscriptions_addr: str = "127.0.0.1:50051"
+    subscriptions_token_file: Path | None = None
+    # CIDRs deliveries may reach despite the SSRF guard, comma-separated (e.g. 127.0.0.0/8).
+    allowed_target_networks: Annotated[tuple[Network, ...], NoDecode] = ()
+    # Private signing keys live here (generated on first start, mode 0600).
+    signing_keys_dir: Path = Path("var/signing-keys")
+    # Delay before each attempt after a failure: comma-separated durations (s, m, h).
+    retry_schedule: str = "0s,5s,5m,30m,2h,5h,10h,10h"
+    # Consecutive failed deliveries after which a subscription is disabled (0: never).
+    disable_after_failures: int = Field(default=100, ge=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    attempt_timeout_seconds: float = Field(default=15.0, gt=0)
+    # Deliveries sent at once, overall and to one endpoint (host:port).
+    max_concurrent_deliveries: int = Field(default=256, ge=1)
+    max_concurrent_per_endpoint: int = Field(default=16, ge=1)
+    # A worker owns a claimed delivery this long; it must exceed the attempt timeout.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # How often idle workers look for due deliveries published by other replicas.
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("allowed_target_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
