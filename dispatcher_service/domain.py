@@ -13,6 +13,7 @@ __all__ = [
     "Delivery",
     "DeliveryQuery",
     "DeliveryState",
+    "EndpointHealth",
     "IngestOutcome",
     "PreparedEvent",
     "Target",
@@ -85,9 +86,22 @@ class Completion:
     """The result of one attempt and what the delivery becomes."""
 
     delivery_id: str
+    subscription_id: str
     attempt: Attempt
     state: DeliveryState
     next_attempt_time: datetime | None
+    # Whether the endpoint failed (counts towards auto-disable) or answered 2xx (resets
+    # the count); None when no request reached it (e.g. the subscription is gone).
+    endpoint_failed: bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointHealth:
+    """A subscription's current run of failed attempts."""
+
+    subscription_id: str
+    consecutive_failures: int
+    first_failure_time: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AttemptRow", "DeliveryRow", "EventRow", "metadata"]
+__all__ = ["AttemptRow", "DeliveryRow", "EndpointHealthRow", "EventRow", "metadata"]
 
 metadata = SQLModel.metadata
 
@@ -69,3 +69,13 @@ class AttemptRow(SQLModel, table=True):
     latency_ms: int = 0
     error: str = Field(default="", max_length=1024)
     response_snippet: str = Field(default="", max_length=2048)
+
+
+class EndpointHealthRow(SQLModel, table=True):
+    """The current run of failed attempts of a subscription's endpoint (for auto-disable)."""
+
+    __tablename__ = "endpoint_health"
+
+    subscription_id: str = Field(primary_key=True, max_length=64)
+    consecutive_failures: int = 0
+    first_failure_time: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

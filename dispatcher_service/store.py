@@ -24,10 +24,11 @@ from dispatcher_service.domain import (
     Delivery,
     DeliveryQuery,
     DeliveryState,
+    EndpointHealth,
     IngestOutcome,
     PreparedEvent,
 )
-from dispatcher_service.models import AttemptRow, DeliveryRow, EventRow
+from dispatcher_service.models import AttemptRow, DeliveryRow, EndpointHealthRow, EventRow
 from service_common.database import unavailable_on_database_errors
 from service_common.errors import NotFound
 
@@ -36,6 +37,7 @@ __all__ = ["DeliveryCursor", "DeliveryStore"]
 _EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 _DELIVERIES = DeliveryRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = AttemptRow.__table__  # type: ignore[attr-defined]
+_HEALTH = EndpointHealthRow.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -175,13 +177,16 @@ class DeliveryStore:
             ]
 
     @unavailable_on_database_errors
-    def complete(self, completions: Sequence[Completion], *, owner: str, now: datetime) -> int:
-        """Records attempts and new states; returns how many the owner still held.
+    def complete(
+        self, completions: Sequence[Completion], *, owner: str, now: datetime
+    ) -> list[EndpointHealth]:
+        """Records attempts, new states and endpoint health in one transaction.
 
-        A delivery whose lease another worker took over (this one was too slow) is left
-        alone: its attempt is not recorded twice and its state is the new owner's.
+        Returns the health of every endpoint that failed in this batch. A delivery whose
+        lease another worker took over (this one was too slow) is left alone: its attempt
+        is not recorded twice and its state is the new owner's.
         """
-        held = 0
+        failing: dict[str, EndpointHealth] = {}
         with self._engine.begin() as connection:
             for completion in completions:
                 result = connection.execute(
@@ -201,7 +206,9 @@ class DeliveryStore:
                 )
                 if result.rowcount != 1:
                     continue
-                held += 1
+                health = self._record_endpoint(connection, completion, now=now)
+                if health is not None:
+                    failing[health.subscription_id] = health
                 attempt = completion.attempt
                 connection.execute(
                     sa.insert(_ATTEMPTS).values(
@@ -214,7 +221,35 @@ class DeliveryStore:
                         response_snippet=attempt.response_snippet[:2048],
                     )
                 )
-        return held
+        return list(failing.values())
+
+    def _record_endpoint(
+        self, connection: sa.Connection, completion: Completion, *, now: datetime
+    ) -> EndpointHealth | None:
+        if completion.endpoint_failed is None:
+            return None
+        if not completion.endpoint_failed:
+            connection.execute(
+                sa.delete(_HEALTH).where(_HEALTH.c.subscription_id == completion.subscription_id)
+            )
+            return None
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = insert(_HEALTH).values(
+            subscription_id=completion.subscription_id,
+            consecutive_failures=1,
+            first_failure_time=now,
+        )
+        row = connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["subscription_id"],
+                set_={"consecutive_failures": _HEALTH.c.consecutive_failures + 1},
+            ).returning(_HEALTH.c.consecutive_failures, _HEALTH.c.first_failure_time)
+        ).one()
+        return EndpointHealth(
+            subscription_id=completion.subscription_id,
+            consecutive_failures=row[0],
+            first_failure_time=_utc(row[1]),
+        )
 
     @unavailable_on_database_errors
     def release(self, *, owner: str) -> None:

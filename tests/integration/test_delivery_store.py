@@ -113,13 +113,16 @@ def test_an_expired_lease_is_claimed_again_and_the_late_worker_is_fenced_off(
     (taken,) = store.claim(owner="other", limit=1, now=NOW + LEASE * 2, lease=LEASE)
     assert taken.id == held.id
     late = Completion(
+        subscription_id="s1",
+        endpoint_failed=False,
         delivery_id=held.id,
         attempt=attempt(1),
         state=DeliveryState.SUCCEEDED,
         next_attempt_time=None,
     )
-    assert store.complete([late], owner="crashed", now=NOW + LEASE * 2) == 0
-    assert store.complete([late], owner="other", now=NOW + LEASE * 2) == 1
+    store.complete([late], owner="crashed", now=NOW + LEASE * 2)
+    assert store.get(held.id, tenant="acme").state is DeliveryState.PENDING
+    store.complete([late], owner="other", now=NOW + LEASE * 2)
     delivery = store.get(held.id, tenant="acme")
     assert delivery.state is DeliveryState.SUCCEEDED
     assert [a.number for a in delivery.attempts] == [1]
@@ -135,9 +138,11 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
         [
             Completion(
                 delivery_id=claimed.id,
+                subscription_id="s1",
                 attempt=attempt(1, status=503),
                 state=DeliveryState.RETRYING,
                 next_attempt_time=retry_at,
+                endpoint_failed=True,
             )
         ],
         owner="w",
@@ -151,6 +156,8 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
     store.complete(
         [
             Completion(
+                subscription_id="s1",
+                endpoint_failed=False,
                 delivery_id=again.id,
                 attempt=attempt(2),
                 state=DeliveryState.SUCCEEDED,
@@ -180,6 +187,8 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     store.complete(
         [
             Completion(
+                subscription_id="s1",
+                endpoint_failed=True,
                 delivery_id=first.id,
                 attempt=attempt(1, 500),
                 state=DeliveryState.DEAD,
@@ -196,3 +205,33 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     assert again.id == first.id
     with pytest.raises(NotFound):
         store.redeliver_event(tenant="globex", message_id="m1", subscription_id=None, now=later)
+
+
+def test_endpoint_health_counts_failures_in_a_row_and_a_success_resets_it(
+    store: DeliveryStore,
+) -> None:
+    store.ingest([event(f"m{i}", "s1") for i in range(4)], now=NOW)
+    claimed = store.claim(owner="w", limit=4, now=NOW, lease=LEASE)
+
+    def complete(index: int, *, failed: bool, at: datetime) -> list[int]:
+        health = store.complete(
+            [
+                Completion(
+                    delivery_id=claimed[index].id,
+                    subscription_id="s1",
+                    attempt=attempt(1, 500 if failed else 200),
+                    state=DeliveryState.DEAD if failed else DeliveryState.SUCCEEDED,
+                    next_attempt_time=None,
+                    endpoint_failed=failed,
+                )
+            ],
+            owner="w",
+            now=at,
+        )
+        assert all(h.first_failure_time <= at for h in health)
+        return [h.consecutive_failures for h in health]
+
+    assert complete(0, failed=True, at=NOW) == [1]
+    assert complete(1, failed=True, at=NOW + LEASE) == [2]
+    assert complete(2, failed=False, at=NOW + LEASE) == []
+    assert complete(3, failed=True, at=NOW + LEASE * 2) == [1]

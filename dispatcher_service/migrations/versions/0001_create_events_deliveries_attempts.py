@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -17,6 +18,13 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "endpoint_health",
+        sa.Column("subscription_id", sa.String(length=64), nullable=False),
+        sa.Column("consecutive_failures", sa.Integer(), nullable=False),
+        sa.Column("first_failure_time", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("subscription_id"),
+    )
     op.create_table(
         "events",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -81,3 +89,4 @@ def downgrade() -> None:
 
     op.drop_table("deliveries")
     op.drop_table("events")
+    op.drop_table("endpoint_health")
