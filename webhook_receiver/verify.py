@@ -1,0 +1,142 @@
+"""Checking a received webhook before trusting it.
+
+In this order: the body has the webhook shape; ``signature`` verifies over the UTF-8 bytes of
+``payloadAsString`` with the platform's public key; ``payloadAsString`` is exactly the JSON
+of ``payload``; the payload satisfies the contract of its messageType. What comes back is
+built from the signed text, never from the unsigned copy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import webhook_contracts
+
+from .equality import first_difference
+from .errors import (
+    ContractViolation,
+    MalformedWebhook,
+    PayloadMismatch,
+    UnknownMessageType,
+)
+from .keys import PublicKey
+from .signing import verify_signature
+
+__all__ = ["VerifiedWebhook", "parse_json", "verify_webhook"]
+
+
+@dataclass(frozen=True)
+class VerifiedWebhook:
+    """A webhook whose signature, payload and contract all checked out."""
+
+    payload: Mapping[str, Any]
+    payload_as_string: str
+    contract_checked: bool
+
+    @property
+    def message_id(self) -> str:
+        return str(self.payload["messageId"])
+
+    @property
+    def message_type(self) -> str:
+        return str(self.details["messageType"])
+
+    @property
+    def timestamp(self) -> str:
+        return str(self.payload["timestamp"])
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        details: Mapping[str, Any] = self.payload["details"]
+        return details
+
+    @property
+    def user(self) -> Mapping[str, Any] | None:
+        user: Mapping[str, Any] | None = self.payload.get("user")
+        return user
+
+
+def verify_webhook(
+    body: bytes | str | Mapping[str, Any],
+    public_key_pem: bytes | str | PublicKey,
+    *,
+    validate: bool = True,
+    accept_unknown_types: bool = False,
+    registry: webhook_contracts.Registry | None = None,
+) -> VerifiedWebhook:
+    """Verify a delivery and return its payload, or raise a ``WebhookRejected``.
+
+    ``body`` is the raw request body (preferably) or its parsed JSON. ``validate=False`` skips
+    the contract; ``accept_unknown_types`` lets through a messageType the local contracts do
+    not know yet (``contract_checked`` is then False) instead of raising
+    ``UnknownMessageType``.
+    """
+    received = body if isinstance(body, Mapping) else parse_json(body, what="body")
+    payload, signature, payload_as_string = _webhook_fields(received)
+    verify_signature(payload_as_string, signature, public_key_pem)
+    signed = parse_json(payload_as_string, what="payloadAsString")
+    if (where := first_difference(signed, payload)) is not None:
+        raise PayloadMismatch(where)
+    checked = validate and _check_contract(
+        signed, registry=registry, accept_unknown_types=accept_unknown_types
+    )
+    return VerifiedWebhook(
+        payload=signed, payload_as_string=payload_as_string, contract_checked=checked
+    )
+
+
+def parse_json(text: bytes | str, *, what: str) -> Any:
+    """Strict JSON: no NaN/Infinity, no duplicate keys (two parsers could pick different ones)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MalformedWebhook(f"{what} is not JSON: {error}") from error
+
+
+def _webhook_fields(received: object) -> tuple[Mapping[str, Any], str, str]:
+    if not isinstance(received, Mapping):
+        raise MalformedWebhook("the body is not a JSON object")
+    payload = received.get("payload")
+    signature = received.get("signature")
+    payload_as_string = received.get("payloadAsString")
+    if not isinstance(payload, Mapping):
+        raise MalformedWebhook("payload is missing or not an object")
+    if not isinstance(signature, str) or not isinstance(payload_as_string, str):
+        raise MalformedWebhook("signature and payloadAsString must be strings")
+    return payload, signature, payload_as_string
+
+
+def _check_contract(
+    payload: object, *, registry: webhook_contracts.Registry | None, accept_unknown_types: bool
+) -> bool:
+    registry = registry or webhook_contracts.load_registry()
+    try:
+        registry.validate_payload(payload)
+    except webhook_contracts.UnknownMessageType as error:
+        if accept_unknown_types:
+            return False
+        raise UnknownMessageType(error.message_type) from error
+    except webhook_contracts.ContractViolation as error:
+        raise ContractViolation(
+            location=error.location,
+            message=error.message,
+            keyword=error.keyword,
+            message_type=error.message_type,
+        ) from error
+    return True
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
