@@ -123,6 +123,14 @@ class _TokensFile(BaseModel):
 
     tokens: list[_TokenEntry]
 
+    @field_validator("tokens")
+    @classmethod
+    def _distinct(cls, tokens: list[_TokenEntry]) -> list[_TokenEntry]:
+        hashes = [entry.sha256 for entry in tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("the same token (sha256) is listed more than once")
+        return tokens
+
 
 class TokenStore:
     """The tokens a service accepts, as loaded from the tokens file."""

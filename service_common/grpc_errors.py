@@ -45,6 +45,13 @@ _CODES: dict[type[WebhooksError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
+# Status details travel in trailers, which gRPC caps (8 KB soft, 16 KB hard): past that
+# the client would see RESOURCE_EXHAUSTED instead of the real error. So a status names
+# at most this many violations (the first ones), each bounded in length.
+_MAX_VIOLATIONS = 10
+_MAX_IN_MESSAGE = 3
+_MAX_MESSAGE = 1000
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Servicer = TypeVar("Servicer")
@@ -58,16 +65,24 @@ def status_code_of(error: WebhooksError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _summary(error: WebhooksError) -> str:
+    if not isinstance(error, InvalidArgument):
+        return str(error)[:_MAX_MESSAGE]
+    shown = "; ".join(f"{v.field}: {v.description}" for v in error.violations[:_MAX_IN_MESSAGE])
+    hidden = len(error.violations) - _MAX_IN_MESSAGE
+    return (shown + (f"; and {hidden} more" if hidden > 0 else ""))[:_MAX_MESSAGE]
+
+
 def _rich_status(error: WebhooksError) -> grpc.Status:
     code = status_code_of(error)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_summary(error))
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=v.field[:200], description=v.description[:300]
                 )
-                for v in error.violations
+                for v in error.violations[:_MAX_VIOLATIONS]
             ]
         )
         detail = any_pb2.Any()

@@ -5,14 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = ["SubscriptionMessageTypeRow", "SubscriptionRow", "metadata"]
 
-metadata = SQLModel.metadata
+
+class SubscriptionTable(SQLModel, registry=registry()):
+    """Base of this service's tables: a registry of its own keeps its schema apart from
+    the other service's when both are imported in one process (tests, tools)."""
 
 
-class SubscriptionRow(SQLModel, table=True):
+metadata = SubscriptionTable.metadata
+
+
+class SubscriptionRow(SubscriptionTable, table=True):
     __tablename__ = "subscriptions"
     # Keyset pagination walks (tenant, create_time, id).
     __table_args__ = (sa.Index("ix_subscriptions_tenant_created", "tenant", "create_time", "id"),)
@@ -30,7 +37,7 @@ class SubscriptionRow(SQLModel, table=True):
     update_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
-class SubscriptionMessageTypeRow(SQLModel, table=True):
+class SubscriptionMessageTypeRow(SubscriptionTable, table=True):
     """One entry of a subscription's `message_types`, kept as rows so lists can filter by type."""
 
     __tablename__ = "subscription_message_types"

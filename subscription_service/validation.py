@@ -43,7 +43,10 @@ def check_url(url: str, *, field: str) -> list[FieldViolation]:
         return bad(f"at most {MAX_URL_LENGTH} characters")
     if _CONTROL_RE.search(url):
         return bad("must not contain spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return bad("is not a valid URL (check the brackets around an IPv6 host)")
     if parts.scheme not in ("http", "https"):
         return bad("must be an absolute http:// or https:// URL")
     if parts.username is not None or parts.password is not None:
@@ -53,8 +56,10 @@ def check_url(url: str, *, field: str) -> list[FieldViolation]:
     if parts.fragment:
         return bad("must not have a #fragment")
     try:
-        parts.port  # noqa: B018  # parsing the port is the check
+        port = parts.port
     except ValueError:
+        return bad("has an invalid port")
+    if port == 0:
         return bad("has an invalid port")
     return []
 

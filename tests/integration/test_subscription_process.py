@@ -85,7 +85,7 @@ async def test_service_serves_then_stops_promptly_on_sigterm_with_a_watch_open(
         assert process.wait(timeout=15) == 0
         # The open watch was ended by the shutdown, not waited out.
         assert time.monotonic() - started < 10
-        assert await watch.read() is grpc.aio.EOF
+        assert await watch.read() is grpc.aio.EOF  # type: ignore[attr-defined]
 
 
 def test_a_malformed_tokens_file_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
