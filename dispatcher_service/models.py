@@ -9,14 +9,21 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = ["AttemptRow", "DeliveryRow", "EndpointHealthRow", "EventRow", "metadata"]
 
-metadata = SQLModel.metadata
+
+class DispatcherTable(SQLModel, registry=registry()):
+    """Base of this service's tables: a registry of its own keeps its schema apart from
+    the other service's when both are imported in one process (tests, tools)."""
 
 
-class EventRow(SQLModel, table=True):
+metadata = DispatcherTable.metadata
+
+
+class EventRow(DispatcherTable, table=True):
     __tablename__ = "events"
     # A (tenant, message_id) is stored once: that is what makes a duplicate a no-op.
     __table_args__ = (sa.UniqueConstraint("tenant", "message_id", name="uq_events_tenant_message"),)
@@ -31,7 +38,7 @@ class EventRow(SQLModel, table=True):
     create_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
-class DeliveryRow(SQLModel, table=True):
+class DeliveryRow(DispatcherTable, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (
         # The claim query walks due deliveries in time order.
@@ -57,7 +64,7 @@ class DeliveryRow(SQLModel, table=True):
     update_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
 
 
-class AttemptRow(SQLModel, table=True):
+class AttemptRow(DispatcherTable, table=True):
     __tablename__ = "attempts"
 
     delivery_id: str = Field(
@@ -71,7 +78,7 @@ class AttemptRow(SQLModel, table=True):
     response_snippet: str = Field(default="", max_length=2048)
 
 
-class EndpointHealthRow(SQLModel, table=True):
+class EndpointHealthRow(DispatcherTable, table=True):
     """The current run of failed attempts of a subscription's endpoint (for auto-disable)."""
 
     __tablename__ = "endpoint_health"

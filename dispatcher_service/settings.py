@@ -33,8 +33,10 @@ class DispatcherSettings(BaseSettings):
     signing_keys_dir: Path = Path("var/signing-keys")
     # Delay before each attempt after a failure: comma-separated durations (s, m, h).
     retry_schedule: str = "0s,5s,5m,30m,2h,5h,10h,10h"
-    # Consecutive failed deliveries after which a subscription is disabled (0: never).
+    # A subscription is disabled after this many failed attempts in a row (0: never)
+    # that also span at least this many seconds (5 days by default).
     disable_after_failures: int = Field(default=100, ge=0)
+    disable_after_seconds: float = Field(default=5 * 86400.0, ge=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     attempt_timeout_seconds: float = Field(default=15.0, gt=0)
     # Deliveries sent at once, overall and to one endpoint (host:port).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,27 +53,57 @@ def postgres_available() -> None:
 
 
 @pytest.fixture
-def postgres_database(postgres_available: None) -> Iterator[PostgresDatabase]:
+def new_postgres_database(postgres_available: None) -> Iterator[Callable[[], PostgresDatabase]]:
+    """Makes new, empty PostgreSQL databases, dropped after the test."""
+    made: list[PostgresDatabase] = []
+
+    def make() -> PostgresDatabase:
+        name = f"webhooks_test_{uuid.uuid4().hex[:12]}"
+        database = PostgresDatabase(
+            url=make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False),
+            name=name,
+        )
+        with database.admin_connect() as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        made.append(database)
+        return database
+
+    yield make
+    for database in made:
+        with database.admin_connect() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_database(new_postgres_database: Callable[[], PostgresDatabase]) -> PostgresDatabase:
     """A new, empty PostgreSQL database, dropped after the test."""
-    name = f"webhooks_test_{uuid.uuid4().hex[:12]}"
-    database = PostgresDatabase(
-        url=make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False),
-        name=name,
-    )
-    with database.admin_connect() as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield database
-    with database.admin_connect() as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_postgres_database()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Runs the test once on a SQLite file and once on a PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'test.db'}"
-    database: PostgresDatabase = request.getfixturevalue("postgres_database")
-    return database.url
+def backend(request: pytest.FixtureRequest) -> str:
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def new_database_url(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[str], str]:
+    """Makes the URL of a new, empty database of the test's backend (one per service)."""
+
+    def make(name: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path / name}.db"
+        factory: Callable[[], PostgresDatabase] = request.getfixturevalue("new_postgres_database")
+        return factory().url
+
+    return make
+
+
+@pytest.fixture
+def database_url(new_database_url: Callable[[str], str]) -> str:
+    return new_database_url("test")
 
 
 @dataclass(frozen=True)
@@ -85,6 +115,7 @@ class Tokens:
     acme_reader: str = "acme-reader-token"
     acme_publisher: str = "acme-publisher-token"
     globex: str = "globex-writer-token"
+    acme_deliveries: str = "acme-deliveries-token"
     platform: str = "platform-admin-token"
     operator: str = "operator-token-all-tenants"
 
@@ -97,6 +128,7 @@ def tokens(tmp_path: Path) -> Tokens:
         (held.acme, "acme", ["subscriptions:read", "subscriptions:write"]),
         (held.acme_reader, "acme", ["subscriptions:read"]),
         (held.acme_publisher, "acme", ["publish"]),
+        (held.acme_deliveries, "acme", ["deliveries:read", "deliveries:write"]),
         (held.globex, "globex", ["subscriptions:read", "subscriptions:write"]),
         (held.platform, "*", ["admin"]),
         (held.operator, "*", ["subscriptions:read", "subscriptions:write"]),

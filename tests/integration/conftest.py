@@ -1,17 +1,29 @@
-"""A real subscription service on a loopback port, and a way to call it."""
+"""Real services on loopback ports, a real HTTP receiver, and ways to call them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from dispatcher_service.server import RunningDispatcher
+from dispatcher_service.server import create_server as create_dispatcher
+from dispatcher_service.settings import DispatcherSettings
 from subscription_service.server import RunningServer, create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
+from tests.receiver import Receiver
 from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceAsyncStub as DispatcherStub
+else:
+    from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -58,3 +70,53 @@ async def stub(
 ) -> AsyncIterator[pb_grpc.SubscriptionServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscription_server.port}") as channel:
         yield pb_grpc.SubscriptionServiceStub(channel)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP receiver on 127.0.0.1 that records what it gets."""
+    running = Receiver()
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+def dispatcher_settings(
+    new_database_url: Callable[[str], str],
+    tokens: Tokens,
+    subscription_server: RunningServer,
+    tmp_path: Path,
+) -> DispatcherSettings:
+    token_file = tmp_path / "platform-token"
+    token_file.write_text(tokens.platform)
+    return DispatcherSettings(
+        grpc_addr="127.0.0.1:0",
+        database_url=new_database_url("dispatcher"),
+        auth_tokens_file=tokens.file,
+        subscriptions_addr=f"127.0.0.1:{subscription_server.port}",
+        subscriptions_token_file=token_file,
+        allowed_target_networks="127.0.0.0/8",
+        signing_keys_dir=tmp_path / "signing-keys",
+        retry_schedule="0s,0.2s,0.2s,0.2s",  # four attempts
+        connect_timeout_seconds=1,
+        attempt_timeout_seconds=1.5,
+        poll_interval_seconds=0.05,
+        shutdown_grace_seconds=1,
+    )
+
+
+@pytest.fixture
+async def dispatcher(dispatcher_settings: DispatcherSettings) -> AsyncIterator[RunningDispatcher]:
+    running = await create_dispatcher(dispatcher_settings)
+    await asyncio.wait_for(running.follower.ready.wait(), 10)
+    yield running
+    await running.stop(1)
+
+
+@pytest.fixture
+async def dispatcher_stub(
+    dispatcher: RunningDispatcher,
+) -> AsyncIterator[DispatcherStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{dispatcher.port}") as channel:
+        yield DispatcherStub(channel)

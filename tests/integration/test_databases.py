@@ -1,7 +1,8 @@
-"""The subscription database: migrations match the models, and outages answer UNAVAILABLE."""
+"""The databases: migrations match the models, and outages answer UNAVAILABLE."""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 import grpc
@@ -9,8 +10,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from subscription_service.database import create_engine, migrate
-from subscription_service.models import metadata
 from subscription_service.server import create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import PostgresDatabase, Tokens
@@ -23,13 +22,16 @@ else:
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
 
-def test_migrations_create_exactly_the_models_schema(database_url: str) -> None:
-    engine = create_engine(database_url)
+@pytest.mark.parametrize("service", ["subscription_service", "dispatcher_service"])
+def test_migrations_create_exactly_the_models_schema(database_url: str, service: str) -> None:
+    database = importlib.import_module(f"{service}.database")
+    models = importlib.import_module(f"{service}.models")
+    engine = database.create_engine(database_url)
     try:
-        migrate(engine)
-        migrate(engine)  # a second start finds nothing to do
+        database.migrate(engine)
+        database.migrate(engine)  # a second start finds nothing to do
         with engine.connect() as connection:
-            differences = compare_metadata(MigrationContext.configure(connection), metadata)
+            differences = compare_metadata(MigrationContext.configure(connection), models.metadata)
         assert differences == [], "models changed without a migration"
     finally:
         engine.dispose()

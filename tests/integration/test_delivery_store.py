@@ -43,8 +43,7 @@ def event(message_id: str, *subscriptions: str, tenant: str = "acme") -> Prepare
         tenant=tenant,
         message_id=message_id,
         message_type="event.claim.created.v1",
-        payload='{"details":{"messageType":"event.claim.created.v1"},"messageId":"%s"}'
-        % message_id,
+        payload=f'{{"details":{{"messageType":"event.claim.created.v1"}},"messageId":"{message_id}"}}',
         targets=tuple(Target(s, f"https://{s}.example.com/in") for s in subscriptions),
     )
 
@@ -183,7 +182,7 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     store: DeliveryStore,
 ) -> None:
     store.ingest([event("m1", "s1"), event("m2", "s1")], now=NOW)
-    first, second = store.claim(owner="w", limit=2, now=NOW, lease=LEASE)
+    first, _second = store.claim(owner="w", limit=2, now=NOW, lease=LEASE)
     store.complete(
         [
             Completion(

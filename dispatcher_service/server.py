@@ -1,0 +1,189 @@
+"""Assembly and lifetime of the dispatcher: gRPC API, subscription follower, delivery worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf import field_mask_pb2
+from sqlalchemy.engine import Engine
+
+from dispatcher_service.database import create_engine, migrate
+from dispatcher_service.deliveries import DeliveryLog
+from dispatcher_service.http_sender import HttpSender, Timeouts
+from dispatcher_service.ingest import Ingestor
+from dispatcher_service.retry import DisablePolicy, RetrySchedule
+from dispatcher_service.servicer import DispatcherServicer
+from dispatcher_service.settings import DispatcherSettings
+from dispatcher_service.signing import KeyRing
+from dispatcher_service.ssrf import TargetPolicy
+from dispatcher_service.store import DeliveryStore
+from dispatcher_service.subscription_follower import SubscriptionFollower
+from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
+from service_common.auth import TokenStore
+from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from webhook_contracts import load_registry
+from webhooks.v1 import dispatcher_service_pb2 as pb
+from webhooks.v1 import dispatcher_service_pb2_grpc as pb_grpc
+from webhooks.v1 import subscription_service_pb2 as subscription_pb
+
+if TYPE_CHECKING:
+    from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceAsyncStub
+else:
+    from webhooks.v1.subscription_service_pb2_grpc import (
+        SubscriptionServiceStub as SubscriptionServiceAsyncStub,
+    )
+
+__all__ = ["RunningDispatcher", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
+USER_AGENT = "webhooks-dispatcher/0.1 (+https://github.com/webhooks)"
+
+
+@dataclass
+class RunningDispatcher:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    engine: Engine
+    follower: SubscriptionFollower
+    worker: DeliveryWorker
+    sender: HttpSender
+    channel: grpc.aio.Channel
+    keys: KeyRing
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.worker.stop(grace or 0.0)
+        await self.follower.stop()
+        await self.sender.aclose()
+        await self.channel.close(None)
+        self.engine.dispose()
+
+
+def _platform_token(settings: DispatcherSettings) -> str:
+    if settings.subscriptions_token_file is None:
+        raise ValueError("DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE is required")
+    return Path(settings.subscriptions_token_file).read_text().strip()
+
+
+def _disabler(channel: grpc.aio.Channel, token: str) -> Disabler:
+    stub = SubscriptionServiceAsyncStub(channel)
+    metadata = (("authorization", f"Bearer {token}"),)
+
+    async def disable(subscription_id: str, reason: str) -> None:
+        log.warning("disabling subscription %s: %s", subscription_id, reason)
+        await stub.UpdateSubscription(
+            subscription_pb.UpdateSubscriptionRequest(
+                subscription=subscription_pb.Subscription(
+                    id=subscription_id, enabled=False, disabled_reason=reason[:1024]
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["enabled", "disabled_reason"]),
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+
+    return disable
+
+
+async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
+    """Migrates, loads keys and contracts, follows subscriptions, starts serving and delivering."""
+    tokens = (
+        TokenStore.from_file(settings.auth_tokens_file)
+        if settings.auth_tokens_file
+        else TokenStore()
+    )
+    if not len(tokens):
+        log.warning("no tokens configured (DISPATCHER_AUTH_TOKENS_FILE): every call is refused")
+    platform_token = _platform_token(settings)
+    registry = load_registry()
+    engine = create_engine(settings.database_url)
+    await asyncio.to_thread(migrate, engine)
+    keys = await asyncio.to_thread(KeyRing.open, settings.signing_keys_dir)
+    store = DeliveryStore(engine)
+    follower = SubscriptionFollower(settings.subscriptions_addr, platform_token)
+    follower.start()
+    # A channel of its own for the few calls that disable failing subscriptions.
+    channel = grpc.aio.insecure_channel(settings.subscriptions_addr)
+    sender = HttpSender(
+        policy=TargetPolicy(allowed_networks=settings.allowed_target_networks),
+        timeouts=Timeouts(
+            connect=settings.connect_timeout_seconds, total=settings.attempt_timeout_seconds
+        ),
+        per_host_limit=settings.max_concurrent_per_endpoint,
+        total_limit=settings.max_concurrent_deliveries,
+        user_agent=USER_AGENT,
+    )
+    worker = DeliveryWorker(
+        store=store,
+        routes=follower,
+        sender=sender,
+        signer=keys,
+        disable=_disabler(channel, platform_token),
+        schedule=RetrySchedule.parse(settings.retry_schedule),
+        disable_policy=(
+            DisablePolicy(
+                consecutive_failures=settings.disable_after_failures,
+                min_failing_seconds=settings.disable_after_seconds,
+            )
+            if settings.disable_after_failures
+            else None
+        ),
+        limits=WorkerLimits(
+            max_in_flight=settings.max_concurrent_deliveries,
+            poll_interval=settings.poll_interval_seconds,
+            lease=timedelta(seconds=settings.lease_seconds),
+        ),
+        user_agent=USER_AGENT,
+    )
+    ingestor = Ingestor(store=store, registry=registry, routes=follower, on_stored=worker.wake)
+    server = new_server()
+    pb_grpc.add_DispatcherServiceServicer_to_server(
+        DispatcherServicer(
+            ingestor=ingestor,
+            log=DeliveryLog(store=store, on_rescheduled=worker.wake),
+            keys=keys,
+            tokens=tokens,
+        ),
+        server,
+    )
+    health = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
+    port = server.add_insecure_port(settings.grpc_addr)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.grpc_addr}")
+    await server.start()
+    worker.start()
+    return RunningDispatcher(
+        server=server,
+        port=port,
+        health=health,
+        engine=engine,
+        follower=follower,
+        worker=worker,
+        sender=sender,
+        channel=channel,
+        keys=keys,
+    )
+
+
+async def serve(settings: DispatcherSettings) -> None:
+    """Runs until SIGINT or SIGTERM, then stops gracefully."""
+    running = await create_server(settings)
+    host = settings.grpc_addr.rsplit(":", 1)[0]
+    log.info("dispatcher listening on %s:%d", host, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await running.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,378 @@
+"""Delivery workers: claim due deliveries, sign and POST them, record every attempt.
+
+One `DeliveryWorker` per process runs many deliveries at once (bounded overall; the
+HTTP sender bounds each endpoint). Results are written in small batches, one
+transaction each, so the database is not the bottleneck of a fast receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import orjson
+
+from dispatcher_service.domain import (
+    Attempt,
+    ClaimedDelivery,
+    Completion,
+    DeliveryState,
+    EndpointHealth,
+)
+from dispatcher_service.retry import (
+    AttemptOutcome,
+    DisablePolicy,
+    RetrySchedule,
+    classify,
+    next_attempt_delay,
+    parse_retry_after,
+    should_disable,
+)
+from dispatcher_service.routing import Route
+from dispatcher_service.signing import Signature, SignatureAlgorithm, delivery_headers
+from dispatcher_service.store import DeliveryStore
+from service_common.errors import StoreUnavailable
+
+__all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
+
+log = logging.getLogger(__name__)
+
+
+class RouteLookup(Protocol):
+    def route(self, subscription_id: str) -> Route | None: ...
+
+
+class _SendResult(Protocol):
+    @property
+    def status_code(self) -> int | None: ...
+    @property
+    def latency(self) -> float: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def response_snippet(self) -> str: ...
+    @property
+    def retry_after(self) -> str | None: ...
+
+
+class Sender(Protocol):
+    async def send(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> _SendResult: ...
+
+
+class Signer(Protocol):
+    def sign(self, payload_as_string: str, algorithm: SignatureAlgorithm) -> Signature: ...
+
+
+Disabler = Callable[[str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerLimits:
+    max_in_flight: int = 256
+    claim_batch: int = 100
+    lease: timedelta = timedelta(seconds=60)
+    poll_interval: float = 0.5
+    flush_interval: float = 0.02
+    flush_batch: int = 200
+
+
+def build_body(payload: str, signature: str) -> bytes:
+    """The delivery body of DESIGN section 2, with `payload` being exactly `payloadAsString`.
+
+    Spliced as text rather than re-serialised, so the `payload` object a receiver parses
+    is byte for byte the text that was signed.
+    """
+    return b"".join(
+        (
+            b'{"payload":',
+            payload.encode(),
+            b',"signature":',
+            orjson.dumps(signature),
+            b',"payloadAsString":',
+            orjson.dumps(payload),
+            b"}",
+        )
+    )
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        *,
+        store: DeliveryStore,
+        routes: RouteLookup,
+        sender: Sender,
+        signer: Signer,
+        disable: Disabler,
+        schedule: RetrySchedule,
+        disable_policy: DisablePolicy | None,
+        limits: WorkerLimits = WorkerLimits(),
+        user_agent: str,
+        clock: Callable[[], datetime] = _utc_now,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._user_agent = user_agent
+        self._store = store
+        self._routes = routes
+        self._sender = sender
+        self._signer = signer
+        self._disable = disable
+        self._schedule = schedule
+        self._disable_policy = disable_policy
+        self._limits = limits
+        self._clock = clock
+        self._rng = rng
+        self.owner = f"worker-{uuid.uuid4().hex[:12]}"
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(limits.max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: asyncio.Queue[Completion] = asyncio.Queue()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """Tells the worker that new deliveries are due (called after ingestion)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="claim deliveries"),
+            asyncio.create_task(self._flush_loop(), name="record attempts"),
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stops claiming, lets deliveries in flight finish for `grace` seconds, records them."""
+        self._stopping = True
+        self._wake.set()
+        claim_loop, flush_loop = self._tasks
+        await claim_loop
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=grace)
+        for task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        flush_loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flush_loop
+        await self._flush_all()
+        with contextlib.suppress(StoreUnavailable):
+            await asyncio.to_thread(self._store.release, owner=self.owner)
+
+    async def _claim_loop(self) -> None:
+        backoff = self._limits.poll_interval
+        while not self._stopping:
+            free = self._limits.max_in_flight - len(self._in_flight)
+            if free <= 0:
+                await self._wait_for_a_slot()
+                continue
+            try:
+                claimed = await asyncio.to_thread(
+                    self._store.claim,
+                    owner=self.owner,
+                    limit=min(free, self._limits.claim_batch),
+                    now=self._clock(),
+                    lease=self._limits.lease,
+                )
+                backoff = self._limits.poll_interval
+            except StoreUnavailable:
+                log.warning("database unavailable; claiming again in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self._deliver(delivery))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+            if len(claimed) < min(free, self._limits.claim_batch):
+                await self._idle()
+
+    async def _wait_for_a_slot(self) -> None:
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=self._limits.poll_interval)
+        self._wake.clear()
+
+    async def _deliver(self, delivery: ClaimedDelivery) -> None:
+        try:
+            completion = await self._attempt(delivery)
+        except Exception:
+            # A bug must not lose the delivery: its lease expires and it is tried again.
+            log.exception("delivery %s failed unexpectedly", delivery.id)
+            return
+        self._results.put_nowait(completion)
+
+    async def _attempt(self, delivery: ClaimedDelivery) -> Completion:
+        number = delivery.attempt_count + 1
+        started = self._clock()
+        route = self._routes.route(delivery.subscription_id)
+        if route is None or not route.enabled:
+            reason = "subscription deleted" if route is None else "subscription disabled"
+            return self._completion(
+                delivery,
+                number,
+                started,
+                status=0,
+                latency=0.0,
+                error=reason,
+                snippet="",
+                state=DeliveryState.DEAD,
+                next_time=None,
+                endpoint_failed=None,
+            )
+        body, headers = await self._signed(delivery, route, started)
+        result = await self._sender.send(route.url, body=body, headers=headers)
+        outcome = classify(result.status_code, result.error)
+        state, next_time = self._next_state(outcome, number, result.retry_after)
+        if outcome is AttemptOutcome.DISABLE:
+            await self._disable_quietly(delivery.subscription_id, "the endpoint answered 410 Gone")
+        return self._completion(
+            delivery,
+            number,
+            started,
+            status=result.status_code or 0,
+            latency=result.latency,
+            error=result.error or "",
+            snippet=result.response_snippet,
+            state=state,
+            next_time=next_time,
+            endpoint_failed=outcome is not AttemptOutcome.SUCCESS,
+        )
+
+    async def _signed(
+        self, delivery: ClaimedDelivery, route: Route, now: datetime
+    ) -> tuple[bytes, dict[str, str]]:
+        if route.signature_algorithm is SignatureAlgorithm.RSA_PKCS1_SHA256:
+            # RSA signs ten times slower than ECDSA but releases the GIL: keep it off the loop.
+            signature = await asyncio.to_thread(
+                self._signer.sign, delivery.payload, route.signature_algorithm
+            )
+        else:
+            signature = self._signer.sign(delivery.payload, route.signature_algorithm)
+        body = build_body(delivery.payload, signature.value_b64)
+        headers = delivery_headers(
+            message_id=delivery.message_id,
+            timestamp=int(now.timestamp()),
+            body=body,
+            signature=signature,
+            secret=route.secret,
+            user_agent=self._user_agent,
+        )
+        return body, headers
+
+    def _next_state(
+        self, outcome: AttemptOutcome, number: int, retry_after_header: str | None
+    ) -> tuple[DeliveryState, datetime | None]:
+        if outcome is AttemptOutcome.SUCCESS:
+            return DeliveryState.SUCCEEDED, None
+        if outcome is AttemptOutcome.DISABLE:
+            return DeliveryState.DEAD, None
+        now = self._clock()
+        delay = next_attempt_delay(
+            self._schedule,
+            attempts_made=number,
+            retry_after=parse_retry_after(retry_after_header, now=now),
+            random=self._rng,
+        )
+        if delay is None:
+            return DeliveryState.DEAD, None
+        return DeliveryState.RETRYING, now + timedelta(seconds=delay)
+
+    def _completion(
+        self,
+        delivery: ClaimedDelivery,
+        number: int,
+        started: datetime,
+        *,
+        status: int,
+        latency: float,
+        error: str,
+        snippet: str,
+        state: DeliveryState,
+        next_time: datetime | None,
+        endpoint_failed: bool | None,
+    ) -> Completion:
+        return Completion(
+            delivery_id=delivery.id,
+            subscription_id=delivery.subscription_id,
+            attempt=Attempt(
+                number=number,
+                start_time=started,
+                status_code=status,
+                latency_ms=round(latency * 1000),
+                error=error,
+                response_snippet=snippet,
+            ),
+            state=state,
+            next_attempt_time=next_time,
+            endpoint_failed=endpoint_failed,
+        )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            first = await self._results.get()
+            await asyncio.sleep(self._limits.flush_interval)
+            batch = [first]
+            while not self._results.empty() and len(batch) < self._limits.flush_batch:
+                batch.append(self._results.get_nowait())
+            await self._record(batch)
+
+    async def _flush_all(self) -> None:
+        batch: list[Completion] = []
+        while not self._results.empty():
+            batch.append(self._results.get_nowait())
+        if batch:
+            await self._record(batch)
+
+    async def _record(self, batch: list[Completion]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                failing = await asyncio.to_thread(
+                    self._store.complete, batch, owner=self.owner, now=self._clock()
+                )
+                break
+            except StoreUnavailable:
+                # Keep the results: the receiver has them already; recording them late
+                # beats sending them again after the lease runs out.
+                log.warning(
+                    "database unavailable; recording %d attempts again in %.1fs", len(batch), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        for health in failing:
+            await self._maybe_disable(health)
+
+    async def _maybe_disable(self, health: EndpointHealth) -> None:
+        policy = self._disable_policy
+        if policy is None or not should_disable(
+            policy,
+            consecutive_failures=health.consecutive_failures,
+            first_failure_at=health.first_failure_time,
+            now=self._clock(),
+        ):
+            return
+        await self._disable_quietly(
+            health.subscription_id,
+            f"{health.consecutive_failures} failed attempts in a row since "
+            f"{health.first_failure_time.isoformat(timespec='seconds')}",
+        )
+
+    async def _disable_quietly(self, subscription_id: str, reason: str) -> None:
+        try:
+            await self._disable(subscription_id, reason)
+        except Exception:
+            log.exception("could not disable subscription %s (%s)", subscription_id, reason)

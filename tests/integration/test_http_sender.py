@@ -1,0 +1,536 @@
+"""HttpSender against real HTTP receivers on loopback ports.
+
+Each receiver is an aiohttp.web server that answers per path with what the test asks
+for, and counts the TCP connections it accepts, so "no connection was made" is observed
+at the receiver rather than assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from dispatcher_service.http_sender import AttemptResult, HttpSender, Timeouts
+from dispatcher_service.retry import AttemptOutcome, classify, parse_retry_after
+from dispatcher_service.ssrf import IPAddress, TargetPolicy
+
+LOOPBACK = TargetPolicy.parse("127.0.0.0/8")
+STRICT = TargetPolicy()
+BODY = b'{"payload": {"messageId": "09feeb6f"}, "signature": "c2ln"}'
+HEADERS = {"content-type": "application/json", "webhook-id": "msg_1"}
+HUGE_BYTES = 32 * 1024 * 1024
+# Long enough that no test below can pass by waiting for it.
+PATIENT = Timeouts(connect=5.0, total=30.0)
+
+
+@dataclass(frozen=True)
+class Captured:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A webhook receiver on `host`, answering per path (see `_routes`)."""
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.server_names: list[str | None] = []
+        self.connections = 0
+        self.hits: Counter[str] = Counter()
+        self.captured: list[Captured] = []
+        self.hanging = 0
+        self.huge_written = 0
+        self.huge_done = asyncio.Event()
+        self.release = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+
+    def url(self, path: str, *, host: str | None = None) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes(self._routes())
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        handler = self._runner.server
+        assert handler is not None
+
+        def count_connection() -> asyncio.Protocol:
+            self.connections += 1
+            return handler()
+
+        if self.tls is not None:
+            self.tls.sni_callback = self._record_server_name
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            count_connection, self.host, self.port, ssl=self.tls
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.release.set()
+        assert self._server is not None
+        assert self._runner is not None
+        self._server.close()
+        await self._runner.cleanup()
+        await self._server.wait_closed()
+
+    def _record_server_name(
+        self, _socket: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        self.server_names.append(server_name)
+
+    async def wait_hanging(self, count: int) -> None:
+        async with asyncio.timeout(10), self._changed:
+            await self._changed.wait_for(lambda: self.hanging >= count)
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/status/{code}", self._status),
+            web.post("/redirect", self._redirect),
+            web.route("*", "/landed", self._status),
+            web.post("/huge", self._huge),
+            web.post("/hang", self._hang),
+            web.post("/slow-body", self._slow_body),
+            web.post("/cookie", self._cookie),
+        ]
+
+    async def _capture(self, request: web.Request) -> None:
+        self.hits[request.path] += 1
+        body = await request.read()
+        self.captured.append(Captured(request.path, dict(request.headers), body))
+
+    async def _status(self, request: web.Request) -> web.Response:
+        await self._capture(request)
+        code = int(request.match_info.get("code", "200"))
+        headers = {}
+        if "retry_after" in request.query:
+            headers["Retry-After"] = request.query["retry_after"]
+        return web.Response(status=code, text=f"answered {code}", headers=headers)
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        await self._capture(request)
+        return web.Response(status=302, headers={"Location": self.url("/landed")})
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        await self._capture(request)
+        response = web.StreamResponse()
+        response.content_length = HUGE_BYTES
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            while self.huge_written < HUGE_BYTES:
+                await response.write(chunk)
+                self.huge_written += len(chunk)
+        except ConnectionError:
+            pass
+        finally:
+            self.huge_done.set()
+        return response
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        await self._capture(request)
+        async with self._changed:
+            self.hanging += 1
+            self._changed.notify_all()
+        await self.release.wait()
+        return web.Response(text="released")
+
+    async def _slow_body(self, request: web.Request) -> web.StreamResponse:
+        await self._capture(request)
+        response = web.StreamResponse(status=200)
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"partial ")
+        await self.release.wait()
+        return response
+
+    async def _cookie(self, request: web.Request) -> web.Response:
+        await self._capture(request)
+        response = web.Response(text="cookie set")
+        response.set_cookie("session", "tenant-a-secret")
+        return response
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    running = Receiver()
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[HttpSender]:
+    async with HttpSender(policy=LOOPBACK, timeouts=PATIENT, max_response_bytes=1024) as running:
+        yield running
+
+
+async def post(sender: HttpSender, url: str) -> AttemptResult:
+    return await sender.send(url, body=BODY, headers=HEADERS)
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# --- what the receiver answers -------------------------------------------------------------
+
+
+async def test_2xx_is_delivered_with_body_headers_and_user_agent(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    result = await post(sender, receiver.url("/status/200"))
+
+    assert result.status_code == 200
+    assert result.error is None
+    assert result.response_snippet == "answered 200"
+    assert result.latency > 0
+    assert classify(result.status_code, result.error) is AttemptOutcome.SUCCESS
+    [request] = receiver.captured
+    assert request.body == BODY
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["webhook-id"] == "msg_1"
+    assert request.headers["User-Agent"].startswith("webhooks-dispatcher/")
+    assert request.headers["Host"] == f"127.0.0.1:{receiver.port}"
+    assert request.headers["Accept-Encoding"] == "identity"
+
+
+async def test_500_is_a_failed_attempt_with_status_and_snippet(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    result = await post(sender, receiver.url("/status/500"))
+
+    assert (result.status_code, result.error) == (500, None)
+    assert result.response_snippet == "answered 500"
+    assert classify(result.status_code, result.error) is AttemptOutcome.RETRY
+
+
+async def test_410_gone_asks_to_disable_the_endpoint(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    result = await post(sender, receiver.url("/status/410"))
+
+    assert result.status_code == 410
+    assert classify(result.status_code, result.error) is AttemptOutcome.DISABLE
+
+
+async def test_429_carries_its_retry_after(receiver: Receiver, sender: HttpSender) -> None:
+    result = await post(sender, receiver.url("/status/429?retry_after=120"))
+
+    assert result.status_code == 429
+    assert result.retry_after == "120"
+    assert parse_retry_after(result.retry_after, now=datetime.now(UTC)) == 120.0
+    assert classify(result.status_code, result.error) is AttemptOutcome.RETRY
+
+
+async def test_no_retry_after_header_is_reported_as_none(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    result = await post(sender, receiver.url("/status/503"))
+    assert result.retry_after is None
+
+
+async def test_redirects_are_not_followed(receiver: Receiver, sender: HttpSender) -> None:
+    result = await post(sender, receiver.url("/redirect"))
+
+    assert result.status_code == 302
+    assert result.error is not None
+    assert result.error.startswith("redirect not followed: 302 to ")
+    assert receiver.url("/landed") in result.error
+    assert receiver.hits["/landed"] == 0
+    assert classify(result.status_code, result.error) is AttemptOutcome.RETRY
+
+
+async def test_only_the_bounded_part_of_a_huge_body_is_read(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    result = await post(sender, receiver.url("/huge"))
+
+    assert result.status_code == 200
+    assert result.error is None
+    assert result.response_snippet == "x" * 1024
+    # The sender hung up; the receiver's writes fail long before the whole body is out.
+    async with asyncio.timeout(10):
+        await receiver.huge_done.wait()
+    assert receiver.huge_written < HUGE_BYTES
+
+
+async def test_a_hanging_receiver_hits_the_total_timeout(receiver: Receiver) -> None:
+    async with HttpSender(policy=LOOPBACK, timeouts=Timeouts(connect=1.0, total=0.3)) as quick:
+        result = await post(quick, receiver.url("/hang"))
+
+    assert result.status_code is None
+    assert result.error == "timeout: no response within 0.3s"
+    assert result.latency >= 0.3
+    assert classify(result.status_code, result.error) is AttemptOutcome.RETRY
+
+
+async def test_a_body_that_never_ends_keeps_the_status_it_came_with(receiver: Receiver) -> None:
+    async with HttpSender(policy=LOOPBACK, timeouts=Timeouts(connect=1.0, total=0.3)) as quick:
+        result = await post(quick, receiver.url("/slow-body"))
+
+    assert result.status_code == 200
+    assert result.error is not None
+    assert result.error.startswith("reading the response: timeout")
+    assert classify(result.status_code, result.error) is AttemptOutcome.SUCCESS
+
+
+async def test_connection_refused_is_a_connection_error(sender: HttpSender) -> None:
+    result = await post(sender, f"http://127.0.0.1:{free_port()}/status/200")
+
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("connection error: ")
+    assert classify(result.status_code, result.error) is AttemptOutcome.RETRY
+
+
+async def test_an_unknown_name_is_a_dns_error(sender: HttpSender) -> None:
+    result = await post(sender, "http://no-such-host.invalid/status/200")
+
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("DNS error: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://127.0.0.1/x", "/status/200", "http:///status/200", "http://user:pw@127.0.0.1/x"],
+)
+async def test_urls_that_cannot_be_posted_to_are_invalid(sender: HttpSender, url: str) -> None:
+    result = await post(sender, url)
+
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("invalid URL: ")
+
+
+async def test_cookies_a_receiver_sets_are_never_sent_back(
+    receiver: Receiver, sender: HttpSender
+) -> None:
+    await post(sender, receiver.url("/cookie"))
+    await post(sender, receiver.url("/cookie"))
+
+    assert [c.headers.get("Cookie") for c in receiver.captured] == [None, None]
+
+
+# --- the SSRF guard at delivery time ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "[::ffff:7f00:1]"],
+)
+async def test_loopback_is_refused_without_the_allow_list_and_never_connected(
+    receiver: Receiver, host: str
+) -> None:
+    async with HttpSender(policy=STRICT, timeouts=PATIENT) as strict:
+        result = await post(strict, receiver.url("/status/200", host=host))
+
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("target refused: ")
+    assert "loopback" in result.error
+    assert receiver.connections == 0
+
+
+async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(receiver: Receiver) -> None:
+    async def to_loopback(host: str, port: int) -> Sequence[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    async with HttpSender(policy=STRICT, timeouts=PATIENT, resolver=to_loopback) as strict:
+        result = await post(strict, receiver.url("/status/200", host="hooks.example.com"))
+
+    assert result.error == (
+        "target refused: hooks.example.com: 127.0.0.1 is not allowed (loopback)"
+    )
+    assert receiver.connections == 0
+
+
+async def test_the_connection_goes_to_the_checked_address_not_a_rebound_one() -> None:
+    """A rebinding resolver answers 127.0.0.2 (allowed) once, then 127.0.0.1 (refused).
+
+    A canary listens on 127.0.0.1 at the same port: a client that looked the name up
+    again to connect would reach it.
+    """
+    allowed_only = TargetPolicy.parse("127.0.0.2/32")
+    target, canary = await _receivers_on_one_port(("127.0.0.2", "127.0.0.1"))
+    answers = ["127.0.0.2", "127.0.0.1"]
+    calls: list[str] = []
+
+    async def rebinding(host: str, port: int) -> Sequence[IPAddress]:
+        calls.append(host)
+        return [ipaddress.ip_address(answers[min(len(calls), len(answers)) - 1])]
+
+    try:
+        async with HttpSender(policy=allowed_only, timeouts=PATIENT, resolver=rebinding) as s:
+            results = [await post(s, target.url("/status/200", host="rebind.test")) for _ in "abc"]
+    finally:
+        await target.stop()
+        await canary.stop()
+
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert target.hits["/status/200"] == 3
+    assert canary.connections == 0
+    assert calls == ["rebind.test"]
+
+
+async def _receivers_on_one_port(hosts: tuple[str, str]) -> tuple[Receiver, Receiver]:
+    for _ in range(20):
+        first = Receiver(host=hosts[0])
+        await first.start()
+        second = Receiver(host=hosts[1], port=first.port)
+        try:
+            await second.start()
+        except OSError:
+            await first.stop()
+            continue
+        return first, second
+    raise AssertionError("no port free on both loopback addresses")
+
+
+def self_signed(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for `name`, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as directory:
+        cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_file.write_bytes(pem)
+        key_file.write_bytes(key_pem)
+        server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cadata=pem.decode())
+    return server, client
+
+
+async def test_tls_verifies_the_certificate_and_sends_sni_for_the_name_not_the_ip() -> None:
+    server_tls, client_tls = self_signed("hooks.test")
+    receiver = Receiver(tls=server_tls)
+    await receiver.start()
+
+    async def to_loopback(host: str, port: int) -> Sequence[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    try:
+        async with HttpSender(
+            policy=LOOPBACK, timeouts=PATIENT, resolver=to_loopback, ssl_context=client_tls
+        ) as sender:
+            named = await post(sender, receiver.url("/status/200", host="hooks.test"))
+            by_ip = await post(sender, receiver.url("/status/200"))
+    finally:
+        await receiver.stop()
+
+    assert (named.status_code, named.error) == (200, None)
+    assert receiver.captured[0].headers["Host"] == f"hooks.test:{receiver.port}"
+    assert receiver.server_names[0] == "hooks.test"
+    # The same server reached by its IP has no certificate for that IP: verification holds.
+    assert by_ip.status_code is None
+    assert by_ip.error is not None
+    assert by_ip.error.startswith("TLS error: ")
+    assert "certificate" in by_ip.error.lower()
+
+
+# --- concurrency: one slow endpoint holds only its own slots ----------------------------
+
+
+async def test_a_hanging_endpoint_does_not_hold_up_another(receiver: Receiver) -> None:
+    other = Receiver()
+    await other.start()
+    try:
+        async with HttpSender(
+            policy=LOOPBACK, timeouts=PATIENT, per_host_limit=5, total_limit=8
+        ) as limited:
+            # 20 to the hanging endpoint: 5 hang there, 15 queue for its slots.
+            stuck = [asyncio.create_task(post(limited, receiver.url("/hang"))) for _ in range(20)]
+            await receiver.wait_hanging(5)
+            async with asyncio.timeout(PATIENT.total / 2):
+                others = await asyncio.gather(
+                    *(post(limited, other.url("/status/200")) for _ in range(50))
+                )
+            still_stuck = sum(not task.done() for task in stuck)
+            hanging_meanwhile = receiver.hanging
+            receiver.release.set()
+            released = await asyncio.gather(*stuck)
+    finally:
+        await other.stop()
+
+    assert [r.status_code for r in others] == [200] * 50
+    assert still_stuck == 20
+    assert hanging_meanwhile == 5
+    assert [r.status_code for r in released] == [200] * 20
+
+
+async def test_per_endpoint_limit_caps_requests_in_flight(receiver: Receiver) -> None:
+    async with HttpSender(policy=LOOPBACK, timeouts=PATIENT, per_host_limit=3) as limited:
+        tasks = [asyncio.create_task(post(limited, receiver.url("/hang"))) for _ in range(9)]
+        await receiver.wait_hanging(3)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        in_flight = receiver.hanging
+        receiver.release.set()
+        results = await asyncio.gather(*tasks)
+
+    assert in_flight == 3
+    assert [r.status_code for r in results] == [200] * 9
+
+
+async def test_waiting_too_long_for_a_slot_fails_as_endpoint_busy(receiver: Receiver) -> None:
+    timeouts = Timeouts(connect=1.0, total=30.0, slot_wait=0.2)
+    async with HttpSender(policy=LOOPBACK, timeouts=timeouts, per_host_limit=1) as limited:
+        first = asyncio.create_task(post(limited, receiver.url("/hang")))
+        await receiver.wait_hanging(1)
+        queued = await post(limited, receiver.url("/hang"))
+        receiver.release.set()
+        await first
+
+    assert queued.status_code is None
+    assert queued.error == (
+        f"endpoint busy: no free slot for http://127.0.0.1:{receiver.port} in 0.2s"
+    )
+    assert receiver.hits["/hang"] == 1
