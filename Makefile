@@ -28,11 +28,9 @@ protos-check: $(INSTALLED)
 	@tmp=$$(mktemp -d) && PYTHON=$(BIN)/python scripts/generate_protos.sh $$tmp && \
 	  diff -r -x __pycache__ webhooks $$tmp/webhooks && rm -rf $$tmp && echo "generated stubs are current"
 
-## Start the services on SQLite files under ./var/, with development tokens.
+## Start both services on SQLite files under ./var/, with development tokens.
 run: $(INSTALLED) protos
-	@$(BIN)/python -m service_common.dev_tokens var
-	@echo "subscription service: grpc://127.0.0.1:50051 (Ctrl-C stops)"
-	SUBSCRIPTIONS_AUTH_TOKENS_FILE=var/tokens.json $(BIN)/python -m subscription_service
+	PYTHON=$(BIN)/python scripts/run_local.sh
 
 ## The whole suite: unit, integration (SQLite and PostgreSQL), contracts.
 test: $(INSTALLED) $(NODE_MODULES)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Starts both services on SQLite files under ./var/ with development tokens; Ctrl-C stops both.
+set -euo pipefail
+python=${PYTHON:-.venv/bin/python}
+"$python" -m service_common.dev_tokens var
+export SUBSCRIPTIONS_AUTH_TOKENS_FILE=var/tokens.json
+export DISPATCHER_AUTH_TOKENS_FILE=var/tokens.json
+export DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE=var/platform-token
+# Local demos deliver to receivers on this machine, which the SSRF guard refuses otherwise.
+export DISPATCHER_ALLOWED_TARGET_NETWORKS=${DISPATCHER_ALLOWED_TARGET_NETWORKS:-127.0.0.0/8}
+"$python" -m subscription_service &
+subscriptions=$!
+"$python" -m dispatcher_service &
+dispatcher=$!
+trap 'kill -TERM $subscriptions $dispatcher 2>/dev/null; wait' INT TERM
+echo "subscription service: 127.0.0.1:50051   dispatcher: 127.0.0.1:50052   (Ctrl-C stops both)"
+wait -n $subscriptions $dispatcher
+kill -TERM $subscriptions $dispatcher 2>/dev/null || true
+wait
