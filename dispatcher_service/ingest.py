@@ -17,11 +17,10 @@ import orjson
 
 from dispatcher_service.domain import IngestOutcome, PreparedEvent, Target
 from dispatcher_service.store import DeliveryStore
-from service_common.auth import Caller, Scope, validate_tenant
+from service_common.auth import Caller, Scope
 from service_common.errors import (
     FieldViolation,
     InvalidArgument,
-    PermissionDenied,
     StoreUnavailable,
     WebhooksError,
 )
@@ -134,7 +133,7 @@ class Ingestor:
         self, caller: Caller, event: IncomingEvent, *, now: datetime
     ) -> PreparedEvent | Rejected:
         try:
-            tenant = _tenant_of(caller, event.tenant)
+            tenant = caller.tenant_to_write(event.tenant, field="tenant")
             payload = self._payload(event, now=now)
         except WebhooksError as error:
             return Rejected(event.message_id, error)
@@ -182,16 +181,6 @@ class Ingestor:
             return payload_as_string(payload)
         except ValueError as error:
             raise InvalidArgument.of("details", str(error)) from None
-
-
-def _tenant_of(caller: Caller, requested: str) -> str:
-    if caller.all_tenants:
-        if not requested:
-            raise InvalidArgument.of("tenant", "required for a token of every tenant")
-        return validate_tenant(requested, field="tenant")
-    if requested and requested != caller.tenant:
-        raise PermissionDenied("the token does not belong to that tenant")
-    return caller.tenant
 
 
 def _check_message_id(message_id: str) -> None:
