@@ -151,6 +151,8 @@ async def services(directory: Path, url: str) -> tuple[object, RunningDispatcher
             allowed_target_networks="127.0.0.0/8",
             signing_keys_dir=directory / "keys",
             poll_interval_seconds=0.05,
+            # The same number of requests in flight as the raw client below.
+            max_concurrent_per_endpoint=64,
         )
     )
     await asyncio.wait_for(dispatcher.follower.ready.wait(), 10)
