@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from dispatcher_service.subscription_follower import SubscriptionFollower
 from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
 from service_common.auth import TokenStore
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from service_common.lifecycle import wait_for_shutdown_signal
 from webhook_contracts import load_registry
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import dispatcher_service_pb2_grpc as pb_grpc
@@ -180,10 +180,6 @@ async def serve(settings: DispatcherSettings) -> None:
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
     log.info("dispatcher listening on %s:%d", host, running.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.domain import Attempt, Delivery, DeliveryState, IngestOutcome
 from dispatcher_service.ingest import EventUser, IncomingEvent, Ingestor, Rejected
+from dispatcher_service.signing import SignatureAlgorithm
 from service_common.auth import Caller, TokenStore
+from service_common.conversions import timestamp_of
 from service_common.errors import InvalidArgument, WebhooksError
 from service_common.grpc_errors import abort_with, status_code_of, translate_errors
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -32,8 +33,8 @@ _STATES_TO_PB = {
 }
 _STATES_FROM_PB: dict[int, DeliveryState] = {int(v): k for k, v in _STATES_TO_PB.items()}
 _ALGORITHMS_TO_PB = {
-    "ecdsa-p256-sha256": subscription_pb.SIGNATURE_ALGORITHM_ECDSA_P256_SHA256,
-    "rsa-pkcs1-sha256": subscription_pb.SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256,
+    SignatureAlgorithm.ECDSA_P256_SHA256: subscription_pb.SIGNATURE_ALGORITHM_ECDSA_P256_SHA256,
+    SignatureAlgorithm.RSA_PKCS1_SHA256: subscription_pb.SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256,
 }
 
 
@@ -41,7 +42,7 @@ class _PublicKey(Protocol):
     @property
     def key_id(self) -> str: ...
     @property
-    def algorithm(self) -> Any: ...
+    def algorithm(self) -> SignatureAlgorithm: ...
     @property
     def public_key_pem(self) -> str: ...
     @property
@@ -147,9 +148,9 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             keys=[
                 pb.SigningKey(
                     key_id=key.key_id,
-                    algorithm=_ALGORITHMS_TO_PB[str(key.algorithm)],
+                    algorithm=_ALGORITHMS_TO_PB[key.algorithm],
                     public_key_pem=key.public_key_pem,
-                    create_time=_timestamp(key.create_time),
+                    create_time=timestamp_of(key.create_time),
                     active=key.active,
                 )
                 for key in self._keys.public_keys()
@@ -209,16 +210,10 @@ def _state_from_pb(value: int) -> DeliveryState | None:
     return state
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _attempt(attempt: Attempt) -> pb.DeliveryAttempt:
     return pb.DeliveryAttempt(
         number=attempt.number,
-        start_time=_timestamp(attempt.start_time),
+        start_time=timestamp_of(attempt.start_time),
         status_code=attempt.status_code,
         latency_ms=attempt.latency_ms,
         error=attempt.error,
@@ -236,13 +231,13 @@ def _delivery(delivery: Delivery) -> pb.Delivery:
         url=delivery.url,
         state=_STATES_TO_PB[delivery.state],
         attempt_count=delivery.attempt_count,
-        create_time=_timestamp(delivery.create_time),
-        update_time=_timestamp(delivery.update_time),
+        create_time=timestamp_of(delivery.create_time),
+        update_time=timestamp_of(delivery.update_time),
         attempts=[_attempt(a) for a in delivery.attempts],
     )
     if delivery.next_attempt_time is not None and delivery.state in (
         DeliveryState.PENDING,
         DeliveryState.RETRYING,
     ):
-        message.next_attempt_time.CopyFrom(_timestamp(delivery.next_attempt_time))
+        message.next_attempt_time.CopyFrom(timestamp_of(delivery.next_attempt_time))
     return message

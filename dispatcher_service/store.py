@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,7 +17,6 @@ from sqlalchemy.engine import Engine
 
 from dispatcher_service.claims import claim_statement
 from dispatcher_service.domain import (
-    DUE_STATES,
     Attempt,
     ClaimedDelivery,
     Completion,
@@ -29,7 +28,7 @@ from dispatcher_service.domain import (
     PreparedEvent,
 )
 from dispatcher_service.models import AttemptRow, DeliveryRow, EndpointHealthRow, EventRow
-from service_common.database import unavailable_on_database_errors
+from service_common.database import as_utc, unavailable_on_database_errors
 from service_common.errors import NotFound
 
 __all__ = ["DeliveryCursor", "DeliveryStore"]
@@ -52,13 +51,8 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time stored is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _utc_or_none(moment: datetime | None) -> datetime | None:
-    return None if moment is None else _utc(moment)
+    return None if moment is None else as_utc(moment)
 
 
 class DeliveryStore:
@@ -171,7 +165,7 @@ class DeliveryStore:
                     url=row["url"],
                     attempt_count=row["attempt_count"],
                     payload=row["payload"],
-                    event_time=_utc(row["event_time"]),
+                    event_time=as_utc(row["event_time"]),
                 )
                 for row in rows
             ]
@@ -248,7 +242,7 @@ class DeliveryStore:
         return EndpointHealth(
             subscription_id=completion.subscription_id,
             consecutive_failures=row[0],
-            first_failure_time=_utc(row[1]),
+            first_failure_time=as_utc(row[1]),
         )
 
     @unavailable_on_database_errors
@@ -372,22 +366,11 @@ class DeliveryStore:
             )
             return {DeliveryState(state): count for state, count in rows}
 
-    @unavailable_on_database_errors
-    def next_due_time(self) -> datetime | None:
-        """When the earliest waiting delivery is due (for the workers' sleep)."""
-        with self._engine.connect() as connection:
-            value = connection.execute(
-                sa.select(sa.func.min(_DELIVERIES.c.next_attempt_time)).where(
-                    _DELIVERIES.c.state.in_([s.value for s in DUE_STATES])
-                )
-            ).scalar()
-        return _utc_or_none(value)
-
 
 def _attempt(row: sa.RowMapping) -> Attempt:
     return Attempt(
         number=row["number"],
-        start_time=_utc(row["start_time"]),
+        start_time=as_utc(row["start_time"]),
         status_code=row["status_code"],
         latency_ms=row["latency_ms"],
         error=row["error"],
@@ -406,7 +389,7 @@ def _delivery(row: sa.RowMapping, *, attempts: tuple[Attempt, ...] = ()) -> Deli
         state=DeliveryState(row["state"]),
         attempt_count=row["attempt_count"],
         next_attempt_time=_utc_or_none(row["next_attempt_time"]),
-        create_time=_utc(row["create_time"]),
-        update_time=_utc(row["update_time"]),
+        create_time=as_utc(row["create_time"]),
+        update_time=as_utc(row["update_time"]),
         attempts=attempts,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from service_common.errors import StoreUnavailable
 
-__all__ = ["create_engine", "migrate", "unavailable_on_database_errors"]
+__all__ = ["as_utc", "create_engine", "migrate", "unavailable_on_database_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -39,6 +40,12 @@ def unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
             raise
 
     return wrapper
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: SQLite hands them back naive, and every
+    time the services store is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> Engine:

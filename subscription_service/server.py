@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 import grpc
@@ -12,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from service_common.lifecycle import wait_for_shutdown_signal
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
 from subscription_service.servicer import SubscriptionServicer
@@ -78,10 +78,6 @@ async def serve(settings: SubscriptionSettings) -> None:
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
     log.info("subscription service listening on %s:%d", host, running.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from service_common.auth import Caller, Scope, TokenStore
+from service_common.conversions import timestamp_of
 from service_common.errors import InvalidArgument
 from service_common.grpc_errors import translate_errors, translate_stream_errors
 from subscription_service.domain import (
@@ -169,12 +169,6 @@ def _patch_from_pb(request: pb.UpdateSubscriptionRequest) -> SubscriptionPatch:
     )
 
 
-def _timestamp(moment: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _to_pb(subscription: Subscription, *, with_secret: bool = False) -> pb.Subscription:
     return pb.Subscription(
         id=subscription.id,
@@ -188,6 +182,6 @@ def _to_pb(subscription: Subscription, *, with_secret: bool = False) -> pb.Subsc
         has_secret=subscription.secret is not None,
         disabled_reason=subscription.disabled_reason,
         etag=subscription.etag,
-        create_time=_timestamp(subscription.create_time),
-        update_time=_timestamp(subscription.update_time),
+        create_time=timestamp_of(subscription.create_time),
+        update_time=timestamp_of(subscription.update_time),
     )

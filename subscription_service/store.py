@@ -10,14 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from service_common.database import unavailable_on_database_errors
+from service_common.database import as_utc, unavailable_on_database_errors
 from service_common.errors import InvalidArgument, NotFound, StaleEtag
 from subscription_service.domain import (
     ListQuery,
@@ -263,11 +263,6 @@ def _with_message_types(session: Session, rows: Sequence[SubscriptionRow]) -> li
     return [_to_domain(row, types[row.id]) for row in rows]
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time stored is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _to_domain(row: SubscriptionRow, message_types: tuple[str, ...]) -> Subscription:
     return Subscription(
         id=row.id,
@@ -280,6 +275,6 @@ def _to_domain(row: SubscriptionRow, message_types: tuple[str, ...]) -> Subscrip
         secret=row.secret,
         disabled_reason=row.disabled_reason,
         version=row.version,
-        create_time=_utc(row.create_time),
-        update_time=_utc(row.update_time),
+        create_time=as_utc(row.create_time),
+        update_time=as_utc(row.update_time),
     )
