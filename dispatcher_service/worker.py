@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class RouteLookup(Protocol):
+    def is_ready(self) -> bool: ...
+
     def route(self, subscription_id: str) -> Route | None: ...
 
 
@@ -172,6 +174,11 @@ class DeliveryWorker:
     async def _claim_loop(self) -> None:
         backoff = self._limits.poll_interval
         while not self._stopping:
+            if not self._routes.is_ready():
+                # Until the first routing table arrives every subscription looks deleted;
+                # claiming now would kill deliveries that are merely early.
+                await asyncio.sleep(self._limits.poll_interval)
+                continue
             free = self._limits.max_in_flight - len(self._in_flight)
             if free <= 0:
                 await self._wait_for_a_slot()
