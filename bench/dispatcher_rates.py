@@ -1,13 +1,22 @@
 """Dispatcher throughput next to the raw limits measured in the same run.
 
-- ingest: events acknowledged per second over one PublishEvents stream (batches of 100,
-  SQLite, one matching subscription, so each event also writes a delivery row), next to a
-  raw grpc.aio bidirectional stream echoing one small message per request.
-- delivery: events published and delivered (signed ECDSA POSTs answered 200 by a receiver
-  in another process) per second, next to raw aiohttp POSTs to the same receiver.
+Every server runs in a process of its own, as in production, and the client in this one:
 
-Every loop is bounded in count and time; only 127.0.0.1 is used.
-Run: .venv/bin/python bench/dispatcher_rates.py [--events 5000]
+- raw gRPC: a grpc.aio server process echoing one small message per request over one
+  bidirectional stream (the raw one-message-per-request rate);
+- ingest: events acknowledged per second over one PublishEvents stream in batches of 100,
+  by a dispatcher process that only ingests (`DISPATCHER_DELIVER=false`); each event
+  matches one subscription, so each also writes a delivery row;
+- raw POST: aiohttp POSTs, 64 in flight, to a receiver process answering 200;
+- delivery: a dispatcher process drains the backlog ingested above: claims, signs
+  (ECDSA P-256), POSTs to the same receiver and records every attempt;
+- end to end: events published and delivered by one dispatcher process, from the first
+  publish to the last recorded success.
+
+SQLite, the default database. Every loop is bounded in count and time; only 127.0.0.1
+is used.
+
+    .venv/bin/python bench/dispatcher_rates.py [--events 10000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,11 +25,18 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -29,10 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from http_post_rate import aiohttp_client, drive, serve
 
-from dispatcher_service.server import RunningDispatcher, create_server
-from dispatcher_service.settings import DispatcherSettings
+from dispatcher_service.database import create_engine
+from dispatcher_service.domain import DeliveryState
 from dispatcher_service.store import DeliveryStore
 from service_common.auth import hash_token
+from subscription_service.server import RunningServer
 from subscription_service.server import create_server as create_subscriptions
 from subscription_service.settings import SubscriptionSettings
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -51,38 +68,62 @@ DETAILS = json.dumps(
         "dueDate": "2026-12-31",
     }
 )
+BATCH = 100
 SECONDS = 60.0
+LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
 
 
-async def raw_echo_rate(messages: int) -> float:
-    """One small message per request over one grpc.aio bidirectional stream."""
+# --- raw limits ------------------------------------------------------------------------
+
+
+def echo_server(ports: Queue[int]) -> None:
+    """The raw gRPC server process: echoes every message of a bidirectional stream."""
 
     async def echo(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
         async for request in requests:
             yield request
 
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    async def main() -> None:
+        server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.stream_stream_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+async def raw_echo_rate(port: int, messages: int) -> float:
+    """One small message per request, each answered before the next is sent."""
     payload = b"x" * 200
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.stream_stream("/bench.Echo/Echo")()  # type: ignore[call-arg]
+        for _ in range(100):  # warm-up
+            await call.write(payload)
+            await call.read()
         started = time.perf_counter()
         done = 0
-        for _ in range(messages):
+        while done < messages and time.perf_counter() - started < SECONDS:
             await call.write(payload)
             await call.read()
             done += 1
-            if time.perf_counter() - started > SECONDS:
-                break
-        await call.done_writing()
         elapsed = time.perf_counter() - started
-    await server.stop(0)
+        await call.done_writing()
     return done / elapsed
+
+
+async def raw_post_rate(url: str, total: int) -> float:
+    post, close = await aiohttp_client(url, 64)
+    await drive(post, requests=500, concurrency=64, seconds=SECONDS)  # warm-up
+    run = await drive(post, requests=total, concurrency=64, seconds=SECONDS)
+    await close()
+    return run.rate
+
+
+# --- the services ----------------------------------------------------------------------
 
 
 def events(start: int, count: int) -> list[pb.Event]:
@@ -97,12 +138,12 @@ def events(start: int, count: int) -> list[pb.Event]:
     ]
 
 
-async def publish_all(port: int, total: int, batch: int) -> float:
+async def publish_all(port: int, first: int, total: int) -> float:
     """Seconds to publish `total` events over one stream; every one must be ACCEPTED."""
 
     async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
-        for start in range(0, total, batch):
-            yield pb.PublishEventsRequest(events=events(start, min(batch, total - start)))
+        for start in range(first, first + total, BATCH):
+            yield pb.PublishEventsRequest(events=events(start, min(BATCH, first + total - start)))
 
     accepted = 0
     last: object = None
@@ -119,7 +160,35 @@ async def publish_all(port: int, total: int, batch: int) -> float:
     return elapsed
 
 
-async def services(directory: Path, url: str) -> tuple[object, RunningDispatcher]:
+@dataclass
+class Setup:
+    directory: Path
+    subscriptions: RunningServer
+    url: str
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.directory / 'dispatcher.db'}"
+
+    def environment(self, *, deliver: bool) -> dict[str, str]:
+        return {
+            **os.environ,
+            "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
+            "DISPATCHER_DATABASE_URL": self.database_url,
+            "DISPATCHER_AUTH_TOKENS_FILE": str(self.directory / "tokens.json"),
+            "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{self.subscriptions.port}",
+            "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(self.directory / "platform-token"),
+            "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
+            "DISPATCHER_SIGNING_KEYS_DIR": str(self.directory / "keys"),
+            "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
+            # The same number of requests in flight as the raw client.
+            "DISPATCHER_MAX_CONCURRENT_PER_ENDPOINT": "64",
+            "DISPATCHER_DELIVER": "true" if deliver else "false",
+            "DISPATCHER_LOG_LEVEL": "WARNING",
+        }
+
+
+async def new_setup(directory: Path, url: str) -> Setup:
     tokens = directory / "tokens.json"
     tokens.write_text(
         json.dumps({"tokens": [{"sha256": hash_token(TOKEN), "tenant": "*", "scopes": ["admin"]}]})
@@ -141,87 +210,169 @@ async def services(directory: Path, url: str) -> tuple[object, RunningDispatcher
             ),
             metadata=AUTH,
         )
-    dispatcher = await create_server(
-        DispatcherSettings(
-            grpc_addr="127.0.0.1:0",
-            database_url=f"sqlite:///{directory / 'dispatcher.db'}",
-            auth_tokens_file=tokens,
-            subscriptions_addr=f"127.0.0.1:{subscriptions.port}",
-            subscriptions_token_file=directory / "platform-token",
-            allowed_target_networks="127.0.0.0/8",
-            signing_keys_dir=directory / "keys",
-            poll_interval_seconds=0.05,
-            # The same number of requests in flight as the raw client below.
-            max_concurrent_per_endpoint=64,
+    return Setup(directory=directory, subscriptions=subscriptions, url=url)
+
+
+class Dispatcher:
+    """`python -m dispatcher_service` in a process of its own."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        # INFO for the one line that names the port; the rest of its log is dropped.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher_service"],
+            env={**environment, "DISPATCHER_LOG_LEVEL": "INFO"},
+            stderr=subprocess.PIPE,
+            text=True,
         )
-    )
-    await asyncio.wait_for(dispatcher.follower.ready.wait(), 10)
-    return subscriptions, dispatcher
 
-
-async def ingest_rate(url: str, total: int) -> float:
-    with tempfile.TemporaryDirectory() as directory:
-        subscriptions, dispatcher = await services(Path(directory), url)
-        # Only ingestion is measured: the worker stops claiming.
-        await dispatcher.worker.stop(0)
-        elapsed = await publish_all(dispatcher.port, total, batch=100)
-        await dispatcher.stop(0)
-        await subscriptions.stop(0)  # type: ignore[attr-defined]
-    return total / elapsed
-
-
-async def delivery_rate(url: str, total: int) -> float:
-    with tempfile.TemporaryDirectory() as directory:
-        subscriptions, dispatcher = await services(Path(directory), url)
-        store = DeliveryStore(dispatcher.engine)
-        started = time.perf_counter()
-        await publish_all(dispatcher.port, total, batch=100)
-        while True:
-            counts = await asyncio.to_thread(store.counts_by_state)
-            succeeded = sum(n for state, n in counts.items() if state.value == "succeeded")
-            if succeeded >= total or time.perf_counter() - started > SECONDS:
+    async def port(self) -> int:
+        stderr = self._process.stderr
+        assert stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = await asyncio.to_thread(stderr.readline)
+            if not line:
                 break
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        await dispatcher.stop(0)
-        await subscriptions.stop(0)  # type: ignore[attr-defined]
-    return succeeded / elapsed
+            if match := LISTENING.search(line):
+                asyncio.get_running_loop().run_in_executor(None, stderr.read)
+                return int(match.group(1))
+        raise RuntimeError("the dispatcher did not start")
+
+    async def ready(self, port: int) -> None:
+        """Waits until it accepts events (its routing table has loaded)."""
+        deadline = time.monotonic() + 60
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.DispatcherServiceStub(channel)
+            while time.monotonic() < deadline:
+                request = pb.PublishEventRequest(event=events(-1, 1)[0])
+                try:
+                    await stub.PublishEvent(request, metadata=AUTH, timeout=5)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the dispatcher did not become ready")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=30)
 
 
-async def raw_post_rate(url: str, total: int) -> float:
-    post, close = await aiohttp_client(url, 64)
-    run = await drive(post, requests=total, concurrency=64, seconds=SECONDS)
-    await close()
-    return run.rate
+async def wait_delivered(setup: Setup, total: int, *, since: float | None) -> float:
+    """Seconds from `since` (or the first success seen) until `total` deliveries succeeded."""
+    engine = create_engine(setup.database_url)
+    store = DeliveryStore(engine)
+    started = since
+    try:
+        deadline = time.perf_counter() + SECONDS
+        while time.perf_counter() < deadline:
+            counts = await asyncio.to_thread(store.counts_by_state)
+            succeeded = counts.get(DeliveryState.SUCCEEDED, 0)
+            if started is None and succeeded:
+                started = time.perf_counter()
+            if succeeded >= total:
+                assert started is not None
+                return time.perf_counter() - started
+            await asyncio.sleep(0.01)
+    finally:
+        engine.dispose()
+    raise RuntimeError(f"only {succeeded} of {total} delivered in {SECONDS}s")
 
 
-async def bench(args: argparse.Namespace, url: str) -> None:
-    echo = await raw_echo_rate(args.events)
-    ingest = await ingest_rate(url, args.events)
-    print(f"raw gRPC stream echo, 1 message/request: {echo:9.0f} msg/s")
-    print(
-        f"ingest, batches of 100 (SQLite):        {ingest:9.0f} events/s  ratio {ingest / echo:.2f}"
-    )
-    raw = await raw_post_rate(url, args.events)
-    delivered = await delivery_rate(url, args.events)
-    print(f"raw aiohttp POST, 64 in flight:          {raw:9.0f} req/s")
-    ratio = delivered / raw
-    print(f"published + signed + delivered:          {delivered:9.0f} events/s  ratio {ratio:.2f}")
+@dataclass
+class Round:
+    echo: float
+    ingest: float
+    raw_post: float
+    delivery: float
+    end_to_end: float
+
+
+async def one_round(echo_port: int, url: str, total: int) -> Round:
+    echo = await raw_echo_rate(echo_port, total)
+    raw_post = await raw_post_rate(url, total)
+    with tempfile.TemporaryDirectory() as directory:
+        setup = await new_setup(Path(directory), url)
+        try:
+            # Ingest only, then let a delivering dispatcher drain what was ingested.
+            ingesting = Dispatcher(setup.environment(deliver=False))
+            port = await ingesting.port()
+            await ingesting.ready(port)
+            ingest = total / await publish_all(port, 0, total)
+            ingesting.stop()
+            delivering = Dispatcher(setup.environment(deliver=True))
+            await delivering.port()
+            # The event sent by ready() is delivered too.
+            delivery = total / await wait_delivered(setup, total + 1, since=None)
+            # End to end: publish more and wait for every one of them.
+            delivering.stop()
+            both = Dispatcher(setup.environment(deliver=True))
+            port = await both.port()
+            await both.ready(port)
+            started = time.perf_counter()
+            await publish_all(port, total, total)
+            end_to_end = total / await wait_delivered(setup, 2 * total + 1, since=started)
+            both.stop()
+        finally:
+            await setup.subscriptions.stop(0)
+    return Round(echo, ingest, raw_post, delivery, end_to_end)
+
+
+def spawn(target: Callable[[Queue[Any]], None]) -> tuple[multiprocessing.process.BaseProcess, int]:
+    context = multiprocessing.get_context("spawn")
+    ports: Queue[Any] = context.Queue()
+    process = context.Process(target=target, args=(ports,), daemon=True)
+    process.start()
+    return process, ports.get(timeout=60)
+
+
+def report(rounds: list[Round], total: int) -> None:
+    def median(pick: Callable[[Round], float]) -> float:
+        return statistics.median(pick(r) for r in rounds)
+
+    echo, ingest = median(lambda r: r.echo), median(lambda r: r.ingest)
+    raw, delivery = median(lambda r: r.raw_post), median(lambda r: r.delivery)
+    both = median(lambda r: r.end_to_end)
+    print(f"\n{total} events per run, median of {len(rounds)} rounds, {os.cpu_count()} cores")
+    print(f"raw gRPC stream echo, 1 message/request  {echo:8.0f} msg/s")
+    print(f"ingest, batches of {BATCH}                   {ingest:8.0f} events/s  ", end="")
+    print(f"ratio {median(lambda r: r.ingest / r.echo):.2f} (target 3)")
+    print(f"raw aiohttp POST, 64 in flight           {raw:8.0f} req/s")
+    print(f"delivery (claim, sign, POST, record)     {delivery:8.0f} events/s  ", end="")
+    print(f"ratio {median(lambda r: r.delivery / r.raw_post):.2f} (target 0.6)")
+    print(f"end to end (publish to recorded success) {both:8.0f} events/s  ", end="")
+    print(f"ratio {median(lambda r: r.end_to_end / r.raw_post):.2f}")
+
+
+async def run(args: argparse.Namespace, echo_port: int, url: str) -> list[Round]:
+    rounds = []
+    for number in range(args.rounds):
+        result = await one_round(echo_port, url, args.events)
+        print(
+            f"round {number + 1}: echo {result.echo:.0f}/s ingest {result.ingest:.0f}/s "
+            f"raw POST {result.raw_post:.0f}/s delivery {result.delivery:.0f}/s "
+            f"end to end {result.end_to_end:.0f}/s",
+            flush=True,
+        )
+        rounds.append(result)
+    return rounds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=5000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ports: multiprocessing.Queue[int] = multiprocessing.Queue()
-    receiver = multiprocessing.Process(target=serve, args=(ports,), daemon=True)
-    receiver.start()
+    receiver, receiver_port = spawn(serve)
+    echo, echo_port = spawn(echo_server)
     try:
-        url = f"http://127.0.0.1:{ports.get(timeout=30)}/hook"
-        asyncio.run(bench(args, url))
+        url = f"http://127.0.0.1:{receiver_port}/hook"
+        report(asyncio.run(run(args, echo_port, url)), args.events)
     finally:
-        receiver.terminate()
-        receiver.join(5)
+        for process in (receiver, echo):
+            process.terminate()
+            process.join(timeout=10)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ never claim the same row.
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +23,8 @@ from dispatcher_service.models import DeliveryRow
 __all__ = ["claim_statement"]
 
 
-def _due(now: datetime) -> sa.Select[Any]:
+def _due() -> sa.Select[Any]:
+    now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
     return (
         sa.select(col(DeliveryRow.id))
         .where(
@@ -35,16 +36,19 @@ def _due(now: datetime) -> sa.Select[Any]:
     )
 
 
-def claim_statement(
-    dialect: str, *, owner: str, now: datetime, lease_until: datetime, limit: int
-) -> sa.Update:
-    """UPDATE ... RETURNING id that leases up to `limit` due deliveries to `owner`."""
-    due = _due(now).limit(limit)
+@functools.cache
+def claim_statement(dialect: str) -> sa.Update:
+    """UPDATE ... RETURNING id that leases up to `:limit` deliveries due at `:now` to
+    `:owner` until `:lease_until`. Built once per backend, with parameters bound."""
+    due = _due().limit(sa.bindparam("limit", type_=sa.Integer))
     if dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
     return (
         sa.update(DeliveryRow)
         .where(col(DeliveryRow.id).in_(due.scalar_subquery()))
-        .values(lease_owner=owner, lease_expires=lease_until)
+        .values(
+            lease_owner=sa.bindparam("owner"),
+            lease_expires=sa.bindparam("lease_until", type_=sa.DateTime(timezone=True)),
+        )
         .returning(col(DeliveryRow.id))
     )

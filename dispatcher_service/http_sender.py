@@ -57,6 +57,8 @@ DEFAULT_USER_AGENT = "webhooks-dispatcher/0.1"
 DEFAULT_MAX_RESPONSE_BYTES = 2048
 _MAX_RETRY_AFTER_CHARS = 64
 _MAX_LOCATION_CHARS = 200
+# Checked URLs kept; the table is emptied when full, so it stays bounded.
+_MAX_REMEMBERED_TARGETS = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +275,7 @@ class HttpSender:
         self._timeouts = timeouts or Timeouts()
         self._max_response_bytes = max_response_bytes
         self._limiter = _Limiter(per_endpoint=per_host_limit, total=total_limit)
+        self._targets: dict[str, yarl.URL | str] = {}
         self._session = _new_session(
             resolver=CheckedResolver(policy=policy, resolver=resolver),
             timeouts=self._timeouts,
@@ -293,16 +296,12 @@ class HttpSender:
 
     async def send(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
         """POSTs `body` to `url` once. Failures are results, not exceptions."""
-        try:
-            target = _parse_url(url)
-        except ValueError as exc:
-            return AttemptResult.failed(f"invalid URL: {exc}")
-        try:
-            # aiohttp never consults the resolver for an IP literal, so CheckedResolver
-            # alone would let http://127.0.0.1/ through.
-            check_host_literal(target.raw_host or "", self._policy)
-        except TargetRefused as exc:
-            return AttemptResult.failed(_describe(exc, total=self._timeouts.total))
+        checked = self._targets.get(url)
+        if checked is None:
+            checked = self._check_target(url)
+        if isinstance(checked, str):
+            return AttemptResult.failed(checked)
+        target = checked
         wait = self._timeouts.slot_wait or self._timeouts.total
         try:
             async with self._limiter.slot(_endpoint_of(target), wait=wait):
@@ -310,6 +309,24 @@ class HttpSender:
         except _SlotUnavailable:
             endpoint = _endpoint_of(target)
             return AttemptResult.failed(f"endpoint busy: no free slot for {endpoint} in {wait}s")
+
+    def _check_target(self, url: str) -> yarl.URL | str:
+        """The URL to post to, or why it is refused; remembered per URL (the policy and
+        an IP literal never change, names are checked again at every connection)."""
+        target: yarl.URL | str
+        try:
+            target = parsed = _parse_url(url)
+            # aiohttp never consults the resolver for an IP literal, so CheckedResolver
+            # alone would let http://127.0.0.1/ through.
+            check_host_literal(parsed.raw_host or "", self._policy)
+        except ValueError as exc:
+            target = f"invalid URL: {exc}"
+        except TargetRefused as exc:
+            target = _describe(exc, total=self._timeouts.total)
+        if len(self._targets) >= _MAX_REMEMBERED_TARGETS:
+            self._targets.clear()
+        self._targets[url] = target
+        return target
 
     async def _post(
         self, url: yarl.URL, *, body: bytes, headers: Mapping[str, str]

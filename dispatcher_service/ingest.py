@@ -106,7 +106,7 @@ class Ingestor:
         clock: Callable[[], datetime] = _utc_now,
         on_stored: Callable[[], None] = lambda: None,
     ) -> None:
-        self._store = store
+        self._writer = _GroupCommit(store)
         self._registry = registry
         self._routes = routes
         self._clock = clock
@@ -124,7 +124,7 @@ class Ingestor:
         now = self._clock()
         checked = [self._prepare(caller, event, now=now) for event in events]
         good = [item for item in checked if isinstance(item, PreparedEvent)]
-        stored = iter(await asyncio.to_thread(self._store.ingest, good, now=now) if good else [])
+        stored = iter(await self._writer.ingest(good, now=now) if good else [])
         if good:
             self._on_stored()
         return [item if isinstance(item, Rejected) else next(stored) for item in checked]
@@ -181,6 +181,62 @@ class Ingestor:
             return payload_as_string(payload)
         except ValueError as error:
             raise InvalidArgument.of("details", str(error)) from None
+
+
+class _GroupCommit:
+    """Stores the batches that arrive while a transaction is being written together, in
+    the next transaction: one commit (one fsync) for many publishers' batches.
+
+    Each caller still gets its own outcomes and is answered only after the commit that
+    holds its events; batches are written in the order they arrived, so across them the
+    first of two equal message ids is the one stored.
+    """
+
+    def __init__(self, store: DeliveryStore, *, max_events: int = 2000) -> None:
+        self._store = store
+        self._max_events = max_events
+        self._waiting: list[_Waiting] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def ingest(
+        self, events: Sequence[PreparedEvent], *, now: datetime
+    ) -> list[IngestOutcome]:
+        waiting = _Waiting(events, now, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_all())
+        return await waiting.outcomes
+
+    async def _write_all(self) -> None:
+        while self._waiting:
+            group: list[_Waiting] = []
+            count = 0
+            while self._waiting and (
+                not group or count + len(self._waiting[0].events) <= self._max_events
+            ):
+                count += len(self._waiting[0].events)
+                group.append(self._waiting.pop(0))
+            events = [event for waiting in group for event in waiting.events]
+            try:
+                outcomes = await asyncio.to_thread(self._store.ingest, events, now=group[0].now)
+            except Exception as error:  # every caller of the group gets the store's error
+                for waiting in group:
+                    if not waiting.outcomes.done():
+                        waiting.outcomes.set_exception(error)
+                continue
+            start = 0
+            for waiting in group:
+                end = start + len(waiting.events)
+                if not waiting.outcomes.done():  # its caller may have gone
+                    waiting.outcomes.set_result(outcomes[start:end])
+                start = end
+
+
+@dataclass
+class _Waiting:
+    events: Sequence[PreparedEvent]
+    now: datetime
+    outcomes: asyncio.Future[list[IngestOutcome]]
 
 
 def _check_message_id(message_id: str) -> None:

@@ -161,7 +161,8 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_addr}")
     await server.start()
-    worker.start()
+    if settings.deliver:
+        worker.start()
     return RunningDispatcher(
         server=server,
         port=port,

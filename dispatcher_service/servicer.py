@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ __all__ = ["DispatcherServicer", "PublicKeySource"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Result = pb.PublishResult
+# Batches of one PublishEvents stream in progress at once.
+STREAM_WINDOW = 4
 
 _STATES_TO_PB = {
     DeliveryState.PENDING: pb.DELIVERY_STATE_PENDING,
@@ -74,9 +77,28 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
             caller = self._caller(context)
         except WebhooksError as error:
             await abort_with(context, error)
-        async for request in request_iterator:
-            results = await self._publish_batch(caller, request.events)
-            yield pb.PublishEventsResponse(results=results)
+        # A few batches of one stream are checked and stored at once (the next one is
+        # validated while the last is written); answers keep the order of the requests.
+        window: asyncio.Queue[asyncio.Future[list[Result]] | None] = asyncio.Queue(STREAM_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    batch = self._publish_batch(caller, request.events)
+                    await window.put(asyncio.ensure_future(batch))
+            finally:
+                await window.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (pending := await window.get()) is not None:
+                yield pb.PublishEventsResponse(results=await pending)
+            await reader
+        finally:
+            reader.cancel()
+            while not window.empty():
+                if (left := window.get_nowait()) is not None:
+                    left.cancel()
 
     async def _publish_batch(
         self, caller: Caller, events: Sequence[pb.Event]

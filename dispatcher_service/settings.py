@@ -46,6 +46,8 @@ class DispatcherSettings(BaseSettings):
     lease_seconds: float = Field(default=60.0, gt=0)
     # How often idle workers look for due deliveries published by other replicas.
     poll_interval_seconds: float = Field(default=0.5, gt=0)
+    # false: this replica only ingests (other replicas on the same database deliver).
+    deliver: bool = True
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     log_level: str = "INFO"
 
