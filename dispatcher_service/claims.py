@@ -17,8 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from dispatcher_service.domain import DUE_STATES
-from dispatcher_service.models import DeliveryRow
+from dispatcher_service.models import DUE_CONDITION, DeliveryRow
 
 __all__ = ["claim_statement"]
 
@@ -28,7 +27,7 @@ def _due() -> sa.Select[Any]:
     return (
         sa.select(col(DeliveryRow.id))
         .where(
-            col(DeliveryRow.state).in_([state.value for state in DUE_STATES]),
+            sa.text(DUE_CONDITION),
             col(DeliveryRow.next_attempt_time) <= now,
             sa.or_(col(DeliveryRow.lease_expires).is_(None), col(DeliveryRow.lease_expires) < now),
         )

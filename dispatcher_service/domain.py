@@ -68,7 +68,6 @@ class ClaimedDelivery:
     url: str
     attempt_count: int
     payload: str
-    event_time: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,8 @@ from google.protobuf import field_mask_pb2
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher_service.server import RunningDispatcher
+from dispatcher_service.server import create_server as create_dispatcher
+from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
 from tests.integration.conftest import auth, field_violations
 from tests.receiver import Receiver
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceAsyncStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceAsyncStub as Stub
 else:
+    from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
 CLAIM_CREATED = "event.claim.created.v1"
@@ -350,3 +353,54 @@ async def test_publishing_needs_the_publish_scope_and_a_token(
             pb.ListDeliveriesRequest(), metadata=auth(tokens.acme_publisher)
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_stream_is_answered_batch_by_batch_in_the_order_of_its_requests(
+    stub: Stub,
+    dispatcher: RunningDispatcher,
+    dispatcher_stub: DispatcherStub,
+    receiver: Receiver,
+    tokens: Tokens,
+) -> None:
+    await subscribe(stub, tokens.acme, receiver.url("/ordered"), CLAIM_CREATED)
+    await routed(dispatcher, "acme", CLAIM_CREATED, 1)
+    batches = [
+        [claim_event(f"s-{b}-{i}", amount=i if (b + i) % 7 else "x") for i in range(20)]
+        for b in range(12)
+    ]
+    results = await publish(dispatcher_stub, tokens.acme_publisher, *batches)
+    assert [[r.message_id for r in answer] for answer in results] == [
+        [e.message_id for e in batch] for batch in batches
+    ]
+    refused = {
+        r.message_id for answer in results for r in answer if r.outcome == Result.OUTCOME_REJECTED
+    }
+    assert refused == {f"s-{b}-{i}" for b in range(12) for i in range(20) if (b + i) % 7 == 0}
+    await receiver.wait_for(240 - len(refused))
+
+
+async def test_an_ingest_only_replica_stores_deliveries_for_a_delivering_one(
+    stub: Stub,
+    dispatcher_settings: DispatcherSettings,
+    receiver: Receiver,
+    tokens: Tokens,
+) -> None:
+    await subscribe(stub, tokens.acme, receiver.url("/later"), CLAIM_CREATED)
+    ingesting = await create_dispatcher(dispatcher_settings.model_copy(update={"deliver": False}))
+    try:
+        await routed(ingesting, "acme", CLAIM_CREATED, 1)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ingesting.port}") as channel:
+            results = await publish(
+                DispatcherStub(channel), tokens.acme_publisher, [claim_event("later-1")]
+            )
+        assert results[0][0].outcome == Result.OUTCOME_ACCEPTED
+        await asyncio.sleep(0.5)
+        assert receiver.requests == []
+    finally:
+        await ingesting.stop(0)
+    delivering = await create_dispatcher(dispatcher_settings)
+    try:
+        [request] = await receiver.wait_for(1)
+        assert request.headers["webhook-id"] == "later-1"
+    finally:
+        await delivering.stop(0)
