@@ -108,7 +108,11 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     registry = load_registry()
     engine = create_engine(settings.database_url)
     await asyncio.to_thread(migrate, engine)
-    keys = await asyncio.to_thread(KeyRing.open, settings.signing_keys_dir)
+    keys = await asyncio.to_thread(
+        KeyRing.open,
+        settings.signing_keys_dir,
+        retired_key_retention=timedelta(days=settings.retired_key_retention_days),
+    )
     store = DeliveryStore(engine)
     follower = SubscriptionFollower(settings.subscriptions_addr, platform_token)
     follower.start()

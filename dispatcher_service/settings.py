@@ -31,6 +31,8 @@ class DispatcherSettings(BaseSettings):
     allowed_target_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     # Private signing keys live here (generated on first start, mode 0600).
     signing_keys_dir: Path = Path("var/signing-keys")
+    # How long a retired key's public half stays published after a rotation.
+    retired_key_retention_days: float = Field(default=8.0, gt=0)
     # Delay before each attempt after a failure: comma-separated durations (s, m, h).
     retry_schedule: str = "0s,5s,5m,30m,2h,5h,10h,10h"
     # A subscription is disabled after this many failed attempts in a row (0: never)

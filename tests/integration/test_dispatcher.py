@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -404,3 +406,56 @@ async def test_an_ingest_only_replica_stores_deliveries_for_a_delivering_one(
         assert request.headers["webhook-id"] == "later-1"
     finally:
         await delivering.stop(0)
+
+
+async def test_rotating_keys_signs_new_deliveries_with_the_new_key_and_keeps_the_old_published(
+    stub: Stub,
+    dispatcher: RunningDispatcher,
+    dispatcher_settings: DispatcherSettings,
+    dispatcher_stub: DispatcherStub,
+    receiver: Receiver,
+    tokens: Tokens,
+) -> None:
+    await subscribe(stub, tokens.acme, receiver.url("/rotated"), CLAIM_CREATED)
+    await routed(dispatcher, "acme", CLAIM_CREATED, 1)
+    await publish(dispatcher_stub, tokens.acme_publisher, [claim_event("before")])
+    [before] = await receiver.wait_for(1)
+    old_key = before.headers["webhook-key-id"]
+
+    rotation = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dispatcher_service.rotate_keys",
+        "--algorithm",
+        "ES256",
+        env={
+            **os.environ,
+            "DISPATCHER_SIGNING_KEYS_DIR": str(dispatcher_settings.signing_keys_dir),
+        },
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await rotation.communicate()
+    assert rotation.returncode == 0
+    new_key = output.decode().split()[-1]
+    assert new_key != old_key
+
+    # Running dispatchers read the key directory again within seconds.
+    deadline = time.monotonic() + 15
+    while True:
+        keys = await dispatcher_stub.ListSigningKeys(
+            pb.ListSigningKeysRequest(), metadata=auth(tokens.acme)
+        )
+        active = {k.key_id: k.active for k in keys.keys}
+        if active.get(new_key):
+            break
+        assert time.monotonic() < deadline, f"the new key was not published: {active}"
+        await asyncio.sleep(0.2)
+    assert active[old_key] is False
+
+    await publish(dispatcher_stub, tokens.acme_publisher, [claim_event("after")])
+    arrived = await receiver.wait_for(2)
+    after = next(r for r in arrived if r.headers["webhook-id"] == "after")
+    assert after.headers["webhook-key-id"] == new_key
+    for request, key_id in ((before, old_key), (after, new_key)):
+        pem = await public_key_pem(dispatcher_stub, tokens.acme, key_id)
+        verify_webhook(request.body, pem)
