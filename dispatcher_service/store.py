@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -100,8 +101,10 @@ class DeliveryCursor:
 
 
 def _new_id(prefix: str) -> str:
-    # 128 random bits, as in a UUID, at a fraction of uuid4()'s cost per row.
-    return f"{prefix}_{os.urandom(16).hex()}"
+    """A unique id that sorts by creation time, as a UUIDv7 does: 48 bits of unix
+    milliseconds, then 80 random bits. New rows then land at the end of the primary
+    key's index instead of on a random page each, which keeps commits small."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def _utc_or_none(moment: datetime | None) -> datetime | None:
