@@ -122,7 +122,8 @@ class Ingestor:
         if not self._routes.is_ready():
             raise StoreUnavailable("routing is not loaded yet; retry shortly")
         now = self._clock()
-        checked = [self._prepare(caller, event, now=now) for event in events]
+        now_text = _iso_millis(now)
+        checked = [self._prepare(caller, event, now_text=now_text) for event in events]
         good = [item for item in checked if isinstance(item, PreparedEvent)]
         stored = iter(await self._writer.ingest(good, now=now) if good else [])
         if good:
@@ -130,11 +131,11 @@ class Ingestor:
         return [item if isinstance(item, Rejected) else next(stored) for item in checked]
 
     def _prepare(
-        self, caller: Caller, event: IncomingEvent, *, now: datetime
+        self, caller: Caller, event: IncomingEvent, *, now_text: str
     ) -> PreparedEvent | Rejected:
         try:
             tenant = caller.tenant_to_write(event.tenant, field="tenant")
-            payload = self._payload(event, now=now)
+            payload = self._payload(event, now_text=now_text)
         except WebhooksError as error:
             return Rejected(event.message_id, error)
         targets = tuple(
@@ -149,7 +150,7 @@ class Ingestor:
             targets=targets,
         )
 
-    def _payload(self, event: IncomingEvent, *, now: datetime) -> str:
+    def _payload(self, event: IncomingEvent, *, now_text: str) -> str:
         _check_message_id(event.message_id)
         try:
             contract = self._registry.get(event.message_type)
@@ -166,7 +167,7 @@ class Ingestor:
         payload: dict[str, object] = {
             "details": details,
             "messageId": event.message_id,
-            "timestamp": _iso_millis(event.timestamp or now),
+            "timestamp": now_text if event.timestamp is None else _iso_millis(event.timestamp),
         }
         if event.user is not None:
             payload["user"] = {
