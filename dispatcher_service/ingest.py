@@ -7,6 +7,7 @@ batch are stored together in one transaction, and only then acknowledged.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -259,12 +260,35 @@ def _details(event: IncomingEvent) -> dict[str, object]:
         raise InvalidArgument.of("details", f"is not valid JSON: {error}") from None
     if not isinstance(details, dict):
         raise InvalidArgument.of("details", "must be a JSON object")
+    if _LONG_DIGITS.search(event.details):
+        _check_integer_sizes(event.details)
     return details
 
 
+# A run of 19 digits or more: where an integer beyond 64 bits may hide.
+_LONG_DIGITS = re.compile(r"\d{19}")
+_INT64 = range(-(2**63), 2**63)
+
+
+def _check_integer_sizes(text: str) -> None:
+    """Refuses integers beyond 64 bits: parsed, they would turn into floats and be signed
+    and delivered as another number."""
+
+    def integer(literal: str) -> int:
+        value = int(literal)
+        if value not in _INT64:
+            raise InvalidArgument.of(
+                "details", f"the integer {literal[:40]} does not fit in 64 bits"
+            )
+        return value
+
+    json.loads(text, parse_int=integer)
+
+
 def _iso_millis(moment: datetime) -> str:
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds; the year always has four digits."""
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"
 
 
 def _field_violation(violation: ContractViolation) -> FieldViolation:

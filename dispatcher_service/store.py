@@ -357,6 +357,14 @@ class DeliveryStore:
         return failing
 
     @unavailable_on_database_errors
+    def forget_endpoint(self, *, subscription_id: str) -> None:
+        """Ends the current run of failures of a subscription's endpoint."""
+        with self._writing(durable=False) as connection:
+            connection.execute(
+                sa.delete(_HEALTH).where(_HEALTH.c.subscription_id == subscription_id)
+            )
+
+    @unavailable_on_database_errors
     def release(self, *, owner: str) -> None:
         """Gives back the leases of `owner` (on shutdown), so others need not wait them out."""
         with self._writing() as connection:

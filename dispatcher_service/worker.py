@@ -386,6 +386,9 @@ class DeliveryWorker:
 
     async def _maybe_disable(self, health: EndpointHealth) -> None:
         policy = self._disable_policy
+        route = self._routes.route(health.subscription_id)
+        if route is None or not route.enabled:
+            return  # disabled already (by us, a moment ago, or by its owner) or gone
         if policy is None or not should_disable(
             policy,
             consecutive_failures=health.consecutive_failures,
@@ -402,5 +405,8 @@ class DeliveryWorker:
     async def _disable_quietly(self, subscription_id: str, reason: str) -> None:
         try:
             await self._disable(subscription_id, reason)
+            # The run of failures ends with the disable: enabled again, the endpoint
+            # starts from a clean count rather than one failure away from the threshold.
+            await self._store_call(self._store.forget_endpoint, subscription_id=subscription_id)
         except Exception:
             log.exception("could not disable subscription %s (%s)", subscription_id, reason)
