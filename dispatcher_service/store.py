@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -82,6 +83,40 @@ _UNMARK = (
     .values(lease_owner=None)
     .returning(_DELIVERIES.c.id)
 )
+
+
+# PostgreSQL takes a batch fastest as one JSON document of rows: one short statement for
+# any number of rows (a multi-row VALUES is parsed anew for each batch size, and arrays of
+# text are escaped value by value on the way).
+_PG_INSERT_EVENTS = sa.text(
+    "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
+    "SELECT id, tenant, message_id, message_type, payload, CAST(:now AS timestamptz) "
+    "FROM json_to_recordset(CAST(:rows AS json)) "
+    "AS t (id text, tenant text, message_id text, message_type text, payload text) "
+    "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
+)
+_PG_INSERT_DELIVERIES = sa.text(
+    "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, message_type, "
+    "url, state, attempt_count, next_attempt_time, create_time, update_time) "
+    "SELECT id, event_id, tenant, subscription_id, message_id, message_type, url, "
+    "CAST(:state AS varchar), 0, CAST(:now AS timestamptz), CAST(:now AS timestamptz), "
+    "CAST(:now AS timestamptz) "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS t (id text, event_id text, tenant text, "
+    "subscription_id text, message_id text, message_type text, url text)"
+)
+_SET_BY_THE_STATEMENT = (
+    "create_time",
+    "next_attempt_time",
+    "update_time",
+    "attempt_count",
+    "state",
+)
+
+
+def _as_document(rows: Sequence[dict[str, object]], *, now: datetime) -> dict[str, object]:
+    """The parameters of the statements above for `rows` (all created at `now`)."""
+    values = [{k: v for k, v in row.items() if k not in _SET_BY_THE_STATEMENT} for row in rows]
+    return {"rows": orjson.dumps(values).decode(), "now": now, "state": DeliveryState.PENDING.value}
 
 
 @dataclass
@@ -178,7 +213,9 @@ class DeliveryStore:
                 if key in inserted
                 for target in event.targets
             ]
-            if deliveries:
+            if deliveries and self._dialect == "postgresql":
+                connection.execute(_PG_INSERT_DELIVERIES, _as_document(deliveries, now=now))
+            elif deliveries:
                 connection.execute(sa.insert(_DELIVERIES), deliveries)
         outcomes: list[IngestOutcome] = []
         for event in events:
@@ -214,6 +251,13 @@ class DeliveryStore:
             }
             for key, event in events.items()
         ]
+        if self._dialect == "postgresql":
+            return {
+                (tenant, message_id)
+                for tenant, message_id in connection.execute(
+                    _PG_INSERT_EVENTS, _as_document(rows, now=now)
+                )
+            }
         # One cached statement, executed for all rows at once (SQLAlchemy batches it into
         # multi-row INSERTs); a duplicate returns no row.
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
