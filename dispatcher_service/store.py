@@ -85,25 +85,43 @@ _UNMARK = (
 )
 
 
-# PostgreSQL takes a batch fastest as one JSON document of rows: one short statement for
-# any number of rows (a multi-row VALUES is parsed anew for each batch size, and arrays of
-# text are escaped value by value on the way).
-_PG_INSERT_EVENTS = sa.text(
-    "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
-    "SELECT id, tenant, message_id, message_type, payload, CAST(:now AS timestamptz) "
-    "FROM json_to_recordset(CAST(:rows AS json)) "
-    "AS t (id text, tenant text, message_id text, message_type text, payload text) "
-    "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
-)
-_PG_INSERT_DELIVERIES = sa.text(
-    "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, message_type, "
-    "url, state, attempt_count, next_attempt_time, create_time, update_time) "
-    "SELECT id, event_id, tenant, subscription_id, message_id, message_type, url, "
-    "CAST(:state AS varchar), 0, CAST(:now AS timestamptz), CAST(:now AS timestamptz), "
-    "CAST(:now AS timestamptz) "
-    "FROM json_to_recordset(CAST(:rows AS json)) AS t (id text, event_id text, tenant text, "
-    "subscription_id text, message_id text, message_type text, url text)"
-)
+# A batch goes in as one JSON document of rows: one short statement for any number of
+# rows, with no per-row work in Python (a multi-row VALUES is parsed anew for each batch
+# size, an executemany converts every value on its own).
+_NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+_INSERT_EVENTS = {
+    "postgresql": sa.text(
+        "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
+        "SELECT id, tenant, message_id, message_type, payload, :now "
+        "FROM json_to_recordset(CAST(:rows AS json)) "
+        "AS t (id text, tenant text, message_id text, message_type text, payload text) "
+        "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
+    ).bindparams(_NOW),
+    # SQLite needs the WHERE to tell the upsert's ON from a join's.
+    "sqlite": sa.text(
+        "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
+        "SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant'), json_extract(value, '$.message_id'), "
+        "json_extract(value, '$.message_type'), json_extract(value, '$.payload'), :now FROM json_each(:rows) WHERE true "
+        "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
+    ).bindparams(_NOW),
+}
+_INSERT_DELIVERIES = {
+    "postgresql": sa.text(
+        "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
+        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time) "
+        "SELECT id, event_id, tenant, subscription_id, message_id, message_type, url, "
+        ":state, 0, :now, :now, :now "
+        "FROM json_to_recordset(CAST(:rows AS json)) AS t (id text, event_id text, "
+        "tenant text, subscription_id text, message_id text, message_type text, url text)"
+    ).bindparams(_NOW),
+    "sqlite": sa.text(
+        "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
+        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time) "
+        "SELECT json_extract(value, '$.id'), json_extract(value, '$.event_id'), json_extract(value, '$.tenant'), "
+        "json_extract(value, '$.subscription_id'), json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
+        "json_extract(value, '$.url'), :state, 0, :now, :now, :now FROM json_each(:rows)"
+    ).bindparams(_NOW),
+}
 _SET_BY_THE_STATEMENT = (
     "create_time",
     "next_attempt_time",
@@ -213,10 +231,10 @@ class DeliveryStore:
                 if key in inserted
                 for target in event.targets
             ]
-            if deliveries and self._dialect == "postgresql":
-                connection.execute(_PG_INSERT_DELIVERIES, _as_document(deliveries, now=now))
-            elif deliveries:
-                connection.execute(sa.insert(_DELIVERIES), deliveries)
+            if deliveries:
+                connection.execute(
+                    _INSERT_DELIVERIES[self._dialect], _as_document(deliveries, now=now)
+                )
         outcomes: list[IngestOutcome] = []
         for event in events:
             key = (event.tenant, event.message_id)
@@ -251,22 +269,12 @@ class DeliveryStore:
             }
             for key, event in events.items()
         ]
-        if self._dialect == "postgresql":
-            return {
-                (tenant, message_id)
-                for tenant, message_id in connection.execute(
-                    _PG_INSERT_EVENTS, _as_document(rows, now=now)
-                )
-            }
-        # One cached statement, executed for all rows at once (SQLAlchemy batches it into
-        # multi-row INSERTs); a duplicate returns no row.
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = (
-            insert(_EVENTS)
-            .on_conflict_do_nothing(index_elements=["tenant", "message_id"])
-            .returning(_EVENTS.c.tenant, _EVENTS.c.message_id)
-        )
-        return {(tenant, message_id) for tenant, message_id in connection.execute(statement, rows)}
+        return {
+            (tenant, message_id)
+            for tenant, message_id in connection.execute(
+                _INSERT_EVENTS[self._dialect], _as_document(rows, now=now)
+            )
+        }
 
     @unavailable_on_database_errors
     def claim(
