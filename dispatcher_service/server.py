@@ -26,11 +26,11 @@ from dispatcher_service.store import DeliveryStore
 from dispatcher_service.subscription_follower import SubscriptionFollower
 from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
 from service_common.auth import TokenStore
+from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
 from service_common.lifecycle import wait_for_shutdown_signal
 from webhook_contracts import load_registry
 from webhooks.v1 import dispatcher_service_pb2 as pb
-from webhooks.v1 import dispatcher_service_pb2_grpc as pb_grpc
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
 
 if TYPE_CHECKING:
@@ -151,14 +151,15 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     )
     ingestor = Ingestor(store=store, registry=registry, routes=follower, on_stored=worker.wake)
     server = new_server()
-    pb_grpc.add_DispatcherServiceServicer_to_server(
+    add_servicer(
+        server,
         DispatcherServicer(
             ingestor=ingestor,
             log=DeliveryLog(store=store, on_rescheduled=worker.wake),
             keys=keys,
             tokens=tokens,
         ),
-        server,
+        pb.DESCRIPTOR.services_by_name["DispatcherService"],
     )
     health = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
     port = server.add_insecure_port(settings.grpc_addr)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.domain import Attempt, Delivery, DeliveryState, IngestOutcome
@@ -103,14 +104,18 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     async def _publish_batch(
         self, caller: Caller, events: Sequence[pb.Event]
     ) -> list[pb.PublishResult]:
-        incoming = [_incoming(event) for event in events]
+        converted = [_incoming_or_rejected(event) for event in events]
+        incoming = [item for item in converted if isinstance(item, IncomingEvent)]
         try:
-            outcomes = await self._ingestor.publish(caller, incoming)
+            outcomes = iter(await self._ingestor.publish(caller, incoming))
         except WebhooksError as error:
             # Whatever concerns the whole batch (scope, size, store down) is answered per
             # event too, so the stream goes on and the publisher can retry those events.
-            return [_rejected(Rejected(event.message_id, error)) for event in incoming]
-        return [_result(outcome) for outcome in outcomes]
+            return [_rejected(Rejected(event.message_id, error)) for event in events]
+        return [
+            _rejected(item) if isinstance(item, Rejected) else _result(next(outcomes))
+            for item in converted
+        ]
 
     @translate_errors
     async def PublishEvent(
@@ -150,7 +155,7 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     async def RedeliverEvent(
         self, request: pb.RedeliverEventRequest, context: Context
     ) -> pb.RedeliverEventResponse:
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        since = _datetime_of(request.since, field="since") if request.HasField("since") else None
         ids = await self._log.redeliver(
             self._caller(context),
             message_id=request.message_id,
@@ -180,12 +185,32 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
         )
 
 
+def _datetime_of(timestamp: Timestamp, *, field: str) -> datetime:
+    """A protobuf Timestamp as a UTC datetime; INVALID_ARGUMENT outside years 1 to 9999."""
+    try:
+        return timestamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument.of(
+            field, "must be a valid timestamp between the years 1 and 9999"
+        ) from None
+
+
+def _incoming_or_rejected(event: pb.Event) -> IncomingEvent | Rejected:
+    try:
+        return _incoming(event)
+    except WebhooksError as error:
+        return Rejected(event.message_id, error)
+
+
 def _incoming(event: pb.Event) -> IncomingEvent:
+    timestamp = (
+        _datetime_of(event.timestamp, field="timestamp") if event.HasField("timestamp") else None
+    )
     return IncomingEvent(
         tenant=event.tenant,
         message_id=event.message_id,
         message_type=event.message_type,
-        timestamp=event.timestamp.ToDatetime(tzinfo=UTC) if event.HasField("timestamp") else None,
+        timestamp=timestamp,
         details=event.details,
         user=(
             EventUser(

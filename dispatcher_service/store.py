@@ -100,8 +100,9 @@ _INSERT_EVENTS = {
     # SQLite needs the WHERE to tell the upsert's ON from a join's.
     "sqlite": sa.text(
         "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
-        "SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant'), json_extract(value, '$.message_id'), "
-        "json_extract(value, '$.message_type'), json_extract(value, '$.payload'), :now FROM json_each(:rows) WHERE true "
+        "SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant'), "
+        "json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
+        "json_extract(value, '$.payload'), :now FROM json_each(:rows) WHERE true "
         "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
     ).bindparams(_NOW),
 }
@@ -117,8 +118,9 @@ _INSERT_DELIVERIES = {
     "sqlite": sa.text(
         "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
         "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time) "
-        "SELECT json_extract(value, '$.id'), json_extract(value, '$.event_id'), json_extract(value, '$.tenant'), "
-        "json_extract(value, '$.subscription_id'), json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
+        "SELECT json_extract(value, '$.id'), json_extract(value, '$.event_id'), "
+        "json_extract(value, '$.tenant'), json_extract(value, '$.subscription_id'), "
+        "json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
         "json_extract(value, '$.url'), :state, 0, :now, :now, :now FROM json_each(:rows)"
     ).bindparams(_NOW),
 }

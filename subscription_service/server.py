@@ -10,6 +10,7 @@ import grpc
 from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
+from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
 from service_common.lifecycle import wait_for_shutdown_signal
 from subscription_service.database import create_engine, migrate
@@ -20,7 +21,6 @@ from subscription_service.store import SubscriptionStore
 from subscription_service.watch import ChangeHub
 from webhook_contracts import known_message_types
 from webhooks.v1 import subscription_service_pb2 as pb
-from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
 
 __all__ = ["RunningServer", "create_server", "serve"]
 
@@ -62,8 +62,10 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
         store=SubscriptionStore(engine), hub=hub, known_message_types=known_message_types()
     )
     server = new_server()
-    pb_grpc.add_SubscriptionServiceServicer_to_server(
-        SubscriptionServicer(manager=manager, tokens=tokens), server
+    add_servicer(
+        server,
+        SubscriptionServicer(manager=manager, tokens=tokens),
+        pb.DESCRIPTOR.services_by_name["SubscriptionService"],
     )
     health_servicer = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
     port = server.add_insecure_port(settings.grpc_addr)
