@@ -197,6 +197,7 @@ class Setup:
         return {
             **os.environ,
             "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
+            "DISPATCHER_HTTP_ADDR": "127.0.0.1:0",
             "DISPATCHER_DATABASE_URL": self.database_url,
             "DISPATCHER_AUTH_TOKENS_FILE": str(self.directory / "tokens.json"),
             "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{self.subscriptions.port}",

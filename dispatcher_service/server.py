@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.deliveries import DeliveryLog
+from dispatcher_service.http_api import HttpSite, create_app, start_site
 from dispatcher_service.http_sender import HttpSender, Timeouts
 from dispatcher_service.ingest import Ingestor
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
@@ -58,9 +59,15 @@ class RunningDispatcher:
     sender: HttpSender
     channel: grpc.aio.Channel
     keys: KeyRing
+    http: HttpSite
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
+        await self.http.stop()
         await self.server.stop(grace)
         await self.worker.stop(grace or 0.0)
         await self.follower.stop()
@@ -165,6 +172,11 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     port = server.add_insecure_port(settings.grpc_addr)
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_addr}")
+    http = await start_site(
+        create_app(ingestor=ingestor, keys=keys, tokens=tokens, registry=registry),
+        settings.http_addr,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+    )
     await server.start()
     if settings.deliver:
         worker.start()
@@ -178,6 +190,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         sender=sender,
         channel=channel,
         keys=keys,
+        http=http,
     )
 
 
@@ -186,6 +199,8 @@ async def serve(settings: DispatcherSettings) -> None:
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
     log.info("dispatcher listening on %s:%d", host, running.port)
+    http_host = settings.http_addr.rpartition(":")[0]
+    log.info("dispatcher HTTP surface on http://%s:%d", http_host, running.http_port)
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

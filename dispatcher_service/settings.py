@@ -19,6 +19,8 @@ class DispatcherSettings(BaseSettings):
 
     # host:port of the gRPC API; port 0 picks a free port (tests).
     grpc_addr: str = "127.0.0.1:50052"
+    # host:port of the HTTP surface (JSON ingestion, contracts, public keys); port 0 as above.
+    http_addr: str = "127.0.0.1:8080"
     # SQLite file by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
     database_url: str = "sqlite:///var/dispatcher.db"
     # JSON file of accepted tokens (see the README). Without one every call is refused.

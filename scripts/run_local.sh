@@ -13,7 +13,7 @@ subscriptions=$!
 "$python" -m dispatcher_service &
 dispatcher=$!
 trap 'kill -TERM $subscriptions $dispatcher 2>/dev/null; wait' INT TERM
-echo "subscription service: 127.0.0.1:50051   dispatcher: 127.0.0.1:50052   (Ctrl-C stops both)"
+echo "subscription service: 127.0.0.1:50051   dispatcher: 127.0.0.1:50052, http://127.0.0.1:8080   (Ctrl-C stops both)"
 wait -n $subscriptions $dispatcher
 kill -TERM $subscriptions $dispatcher 2>/dev/null || true
 wait

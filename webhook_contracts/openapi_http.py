@@ -1,8 +1,12 @@
 """The dispatcher's HTTP surface in the OpenAPI document (DESIGN section 9).
 
-Errors are RFC 9457 problem details (``application/problem+json``); a contract violation
-lists each failing field in ``errors`` with a JSON pointer into the request body, as in the
-RFC's own example.
+Errors are RFC 9457 problem details (``application/problem+json``); an invalid event lists
+each failing field in ``errors``, named by its dotted path in the request body
+(``details.amount``), as the gRPC API names fields in its ``BadRequest``.
+
+The request body of ``POST /v1/events`` is the event's payload, one variant per messageType.
+It also states the few limits of the dispatcher that are stricter than the contracts (which
+describe what receivers get), so that every body the document allows is accepted.
 """
 
 from __future__ import annotations
@@ -14,7 +18,13 @@ from .registry import Registry
 __all__ = ["http_components", "http_paths"]
 
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
+PORTABLE = {"$ref": "#/components/schemas/PortableJson"}
 BEARER = "bearerAuth"
+# What the dispatcher accepts beyond the contracts (dispatcher_service.ingest checks the same).
+MAX_MESSAGE_ID_LENGTH = 200
+MESSAGE_ID_PATTERN = "^[!-~]+$"  # printable ASCII, no spaces
+TENANT_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+USER_FIELDS = ["id", "poolId", "originator"]
 
 
 def http_paths(registry: Registry) -> dict[str, Any]:
@@ -34,6 +44,7 @@ def http_components(registry: Registry) -> dict[str, Any]:
             "Problem": _problem_schema(),
             "EventAccepted": _event_accepted_schema(),
             "JsonWebKeySet": _jwks_schema(),
+            "PortableJson": _portable_json_schema(),
         },
         "securitySchemes": {
             BEARER: {
@@ -47,7 +58,11 @@ def http_components(registry: Registry) -> dict[str, Any]:
 
 def _publish_event(registry: Registry) -> dict[str, Any]:
     variants = [
-        {"$ref": f"#/components/schemas/{contract.message_type}.payload"} for contract in registry
+        {
+            "$ref": f"#/components/schemas/{contract.message_type}.payload",
+            "properties": {"details": PORTABLE},
+        }
+        for contract in registry
     ]
     return {
         "operationId": "publishEvent",
@@ -55,14 +70,32 @@ def _publish_event(registry: Registry) -> dict[str, Any]:
         "description": (
             "For publishers that cannot use the gRPC stream. The body is the event's payload, "
             "exactly as receivers will get it in the webhook's payload field; it must satisfy "
-            "the contract of its details.messageType. A messageId the tenant already published "
-            "is acknowledged as a duplicate and not delivered again."
+            "the contract of its details.messageType. The answer comes once the event and its "
+            "deliveries are stored. A messageId the tenant already published is acknowledged "
+            "as a duplicate and not delivered again."
         ),
         "tags": ["events"],
         "security": [{BEARER: ["publish"]}],
+        "parameters": [
+            {
+                "name": "tenant",
+                "in": "query",
+                "required": False,
+                "description": (
+                    "The tenant the event belongs to: required with a token of every tenant "
+                    "(`*`); with a tenant's token it may only name that tenant."
+                ),
+                "schema": {"type": "string", "pattern": TENANT_PATTERN},
+            }
+        ],
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": {"oneOf": variants}}},
+            "content": {
+                "application/json": {
+                    "schema": _publish_body(variants),
+                    "examples": _published_examples(registry),
+                }
+            },
         },
         "responses": {
             "202": {
@@ -70,18 +103,68 @@ def _publish_event(registry: Registry) -> dict[str, Any]:
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/EventAccepted"}}
                 },
+                "links": {
+                    "GetContractOfEvent": {
+                        "operationId": "getContract",
+                        "parameters": {"messageType": "$request.body#/details/messageType"},
+                        "description": "The contract the event was checked against.",
+                    },
+                    "PublishEventAgain": {
+                        "operationId": "publishEvent",
+                        "requestBody": "$request.body",
+                        "description": "The same event again: a duplicate, not delivered twice.",
+                    },
+                },
             },
-            "400": _problem("The body is not JSON."),
-            "401": _problem("No valid bearer token."),
-            "403": _problem("The token lacks the publish scope."),
-            "413": _problem("The body is larger than the configured limit."),
-            "415": _problem("The body is not application/json."),
-            "422": _problem(
-                "The event breaks its contract, or no contract has its messageType; "
-                "errors lists each failing field."
+            "400": _problem(
+                "The body is not JSON, or the event is invalid: it breaks its contract, no "
+                "contract has its messageType, or the tenant is malformed. errors lists each "
+                "failing field."
             ),
-            "503": _problem("The event store is unavailable; retry later."),
+            "401": _problem("No valid bearer token.", headers=_www_authenticate()),
+            "403": _problem("The token lacks the publish scope, or names another tenant."),
+            "413": _problem("The body is larger than the dispatcher accepts."),
+            "415": _problem("The body is not application/json."),
+            "503": _problem(
+                "The event store or the routing table is unavailable; nothing was stored, retry.",
+                headers=_retry_after(),
+            ),
         },
+    }
+
+
+def _publish_body(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "oneOf": variants,
+        # Limits of the dispatcher, on top of whichever variant applies; the members are
+        # those of the payload (each variant says so too, deeper down).
+        "additionalProperties": False,
+        "properties": {
+            "details": {"type": "object"},
+            "timestamp": {"type": "string"},
+            "messageId": {
+                "type": "string",
+                "maxLength": MAX_MESSAGE_ID_LENGTH,
+                "pattern": MESSAGE_ID_PATTERN,
+            },
+            "user": {
+                "description": "Over HTTP a user names all three fields (empty strings allowed).",
+                "type": "object",
+                "required": USER_FIELDS,
+            },
+        },
+    }
+
+
+def _published_examples(registry: Registry) -> dict[str, Any]:
+    """The payloads of the contracts' published examples, as a publisher would send them."""
+    return {
+        f"{contract.message_type}{index or ''}": {
+            "summary": contract.message_type,
+            "value": example["payload"],
+        }
+        for contract in registry
+        for index, example in enumerate(contract.examples)
     }
 
 
@@ -120,7 +203,7 @@ def _get_jwks() -> dict[str, Any]:
         "tags": ["signing keys"],
         "responses": {
             "200": {
-                "description": "The key set.",
+                "description": "The key set, newest key first.",
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/JsonWebKeySet"}}
                 },
@@ -162,10 +245,33 @@ def _get_openapi() -> dict[str, Any]:
     }
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {
+def _problem(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
         "description": description,
         "content": {"application/problem+json": {"schema": PROBLEM}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _www_authenticate() -> dict[str, Any]:
+    return {
+        "WWW-Authenticate": {
+            "description": "The scheme to authenticate with (RFC 6750): Bearer.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        }
+    }
+
+
+def _retry_after() -> dict[str, Any]:
+    return {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
     }
 
 
@@ -180,18 +286,21 @@ def _problem_schema() -> dict[str, Any]:
             "detail": {"type": "string"},
             "instance": {"type": "string", "format": "uri-reference"},
             "errors": {
-                "description": "One entry per failing field of the request body.",
+                "description": "One entry per failing field of the request.",
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["detail", "pointer"],
+                    "required": ["field", "message"],
                     "properties": {
-                        "detail": {"type": "string"},
-                        "pointer": {
-                            "description": "RFC 6901 JSON pointer into the request body.",
+                        "field": {
+                            "description": (
+                                "Dotted path of the field in the request body (array items "
+                                "as [index]), or the query parameter or body as a whole."
+                            ),
                             "type": "string",
-                            "examples": ["/details/amount"],
+                            "examples": ["details.amount", "messageId", "tenant", "body"],
                         },
+                        "message": {"type": "string"},
                     },
                 },
             },
@@ -202,14 +311,37 @@ def _problem_schema() -> dict[str, Any]:
 def _event_accepted_schema() -> dict[str, Any]:
     return {
         "type": "object",
-        "required": ["messageId", "duplicate"],
+        "required": ["messageId", "outcome", "deliveries"],
         "properties": {
             "messageId": {"type": "string"},
-            "duplicate": {
-                "description": "True when this messageId was already stored: nothing new is sent.",
-                "type": "boolean",
+            "outcome": {
+                "description": (
+                    "accepted: stored now; duplicate: this messageId was already stored, "
+                    "nothing new is sent."
+                ),
+                "enum": ["accepted", "duplicate"],
+            },
+            "deliveries": {
+                "description": "One per matching subscription; 0 for a duplicate.",
+                "type": "integer",
+                "minimum": 0,
             },
         },
+    }
+
+
+def _portable_json_schema() -> dict[str, Any]:
+    return {
+        "description": (
+            "A JSON value the platform carries unchanged: its integers fit in 64 bits "
+            "(-2^63 to 2^63-1). Values nested more than about 250 levels deep are refused too."
+        ),
+        "anyOf": [
+            {"not": {"type": "integer"}},
+            {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        ],
+        "items": PORTABLE,
+        "patternProperties": {"": PORTABLE},
     }
 
 

@@ -92,6 +92,7 @@ def dispatcher_settings(
     token_file.write_text(tokens.platform)
     return DispatcherSettings(
         grpc_addr="127.0.0.1:0",
+        http_addr="127.0.0.1:0",
         database_url=new_database_url("dispatcher"),
         auth_tokens_file=tokens.file,
         subscriptions_addr=f"127.0.0.1:{subscription_server.port}",
