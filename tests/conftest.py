@@ -148,3 +148,20 @@ def tokens(tmp_path: Path) -> Tokens:
         )
     )
     return held
+
+
+# How many cases the generated suites (fuzz, properties, schemathesis) ran, listed at the
+# end of every run.
+_CASE_COUNTS: list[str] = []
+
+
+def report_cases(line: str) -> None:
+    """Records a line saying how many cases a generated test ran."""
+    _CASE_COUNTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _CASE_COUNTS:
+        terminalreporter.section("generated cases")
+        for line in _CASE_COUNTS:
+            terminalreporter.write_line(line)

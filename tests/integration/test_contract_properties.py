@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from dispatcher_service.ingest import MAX_DETAILS_BYTES
 from dispatcher_service.server import RunningDispatcher
-from tests.conftest import Tokens
+from tests.conftest import Tokens, report_cases
 from tests.integration.conftest import auth
 from tests.receiver import ReceivedRequest, Receiver
 from webhook_contracts import Part, Registry, load_registry
@@ -639,7 +639,7 @@ async def test_generated_events_of_every_type_are_delivered_signed_and_mutants_n
     listed = await _all_deliveries(dispatcher_stub, tokens.acme_deliveries)
     assert sorted(d.message_id for d in listed) == sorted(m for _, m in expected), counts
     assert not {d.message_id for d in listed} & set(mutated), counts
-    print(f"contract properties over gRPC: {counts}; {len(received)} deliveries verified")
+    report_cases(f"contract properties over gRPC: {counts}; {len(received)} deliveries verified")
 
 
 # Known defects, kept as strict expected failures so that their fix is noticed.

@@ -45,7 +45,7 @@ from dispatcher_service.server import RunningDispatcher
 from service_common.auth import hash_token
 from service_common.grpc_server import MAX_MESSAGE_BYTES
 from subscription_service.server import RunningServer
-from tests.conftest import Tokens
+from tests.conftest import Tokens, report_cases
 from tests.contracts.contract_samples import DOCUMENTED_VALID_DETAILS
 from tests.integration.conftest import Metadata, auth, field_violations
 from tests.receiver import Receiver
@@ -1465,7 +1465,7 @@ async def _assert_still_serving(world: World) -> None:
 def _report(what: str, rpc: str, backend: str, ran: int, tally: Counter[str]) -> str:
     counts = ", ".join(f"{name} {count}" for name, count in tally.most_common())
     line = f"{_short(rpc)} [{backend}] {what}: {ran} cases ({counts})"
-    print(line)
+    report_cases(line)
     return line
 
 
@@ -1628,7 +1628,7 @@ async def test_tokens(backend: str, world: World) -> None:
             wrong += [f"{method.name}, {probe.label}: {problem}" for problem in problems]
     await _assert_still_serving(world)
     assert await _state(world) == before, "a refused call changed something"
-    print(f"tokens [{backend}]: {calls} calls over {len(RPCS)} RPCs")
+    report_cases(f"tokens [{backend}]: {calls} calls over {len(RPCS)} RPCs")
     assert not wrong, f"{len(wrong)} of {calls} calls went wrong:\n" + "\n".join(wrong)
 
 

@@ -44,6 +44,7 @@ from service_common.auth import hash_token
 from subscription_service.server import RunningServer
 from subscription_service.server import create_server as create_subscriptions
 from subscription_service.settings import SubscriptionSettings
+from tests.conftest import report_cases
 from tests.receiver import Receiver
 from webhook_contracts import build_openapi, load_registry
 from webhook_contracts.explain import format_checker
@@ -473,17 +474,14 @@ def test_accepted_events_arrive_exactly_as_sent_and_nothing_else_does(
     assert max(delivered.values()) == 1, "an event arrived twice"
 
 
-def test_the_run_was_big_enough_to_mean_something(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_run_was_big_enough_to_mean_something(ledger: Ledger) -> None:
     seconds = time.monotonic() - ledger.started
-    with capsys.disabled():
-        print(
-            f"\nschemathesis: {dict(ledger.cases)} cases in {seconds:.1f}s; "
-            f"statuses {dict(sorted(ledger.statuses.items()))}; "
-            f"{len(ledger.accepted)} events accepted and delivered, "
-            f"{ledger.duplicates} duplicates, {ledger.refused} publishes refused"
-        )
+    report_cases(
+        f"schemathesis: {dict(ledger.cases)} cases in {seconds:.1f}s; "
+        f"statuses {dict(sorted(ledger.statuses.items()))}; "
+        f"{len(ledger.accepted)} events accepted and delivered, "
+        f"{ledger.duplicates} duplicates, {ledger.refused} publishes refused"
+    )
     for phase, minimum in MIN_CASES.items():
         assert ledger.cases[phase] >= minimum, (phase, dict(ledger.cases))
     assert ledger.refused >= MIN_REFUSED
