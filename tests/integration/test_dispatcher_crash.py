@@ -5,20 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
+from tests.dispatcher_process import DispatcherProcess
 from tests.integration.conftest import auth
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -31,7 +28,6 @@ else:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
-LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
 DETAILS = json.dumps(
     {
         "claimRef": "C-1",
@@ -41,63 +37,6 @@ DETAILS = json.dumps(
         "dueDate": "2026-12-31",
     }
 )
-
-
-def _port_of(stream: IO[str], deadline: float) -> int:
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        if match := LISTENING.search(line):
-            return int(match.group(1))
-    raise AssertionError("the dispatcher did not report its address")
-
-
-class DispatcherProcess:
-    def __init__(self, env: dict[str, str]) -> None:
-        self._env = env
-        self.process: subprocess.Popen[str] | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    def start(self) -> int:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher_service"],
-            env=self._env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        port = _port_of(self.process.stderr, time.monotonic() + 30)
-        stderr = self.process.stderr
-
-        def drain() -> None:
-            # Keep reading its log so a full pipe never blocks it; close it at its end.
-            for _ in stderr:
-                pass
-            stderr.close()
-
-        self._drain = asyncio.get_running_loop().create_task(asyncio.to_thread(drain))
-        return port
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    async def drained(self) -> None:
-        if self._drain is not None:
-            await self._drain
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if self.process is not None and self.process.stderr is not None:
-            self.process.stderr.close()  # idempotent: the drain may have closed it
 
 
 @pytest.fixture
@@ -187,7 +126,7 @@ async def test_every_acknowledged_event_is_delivered_after_a_sigkill(
         ),
         metadata=auth(tokens.acme),
     )
-    port = dispatcher_process.start()
+    port = await dispatcher_process.start()
     acked: set[str] = set()
     await asyncio.wait_for(
         _publish_until_killed(
@@ -196,9 +135,8 @@ async def test_every_acknowledged_event_is_delivered_after_a_sigkill(
         60,
     )
     assert len(acked) >= 400
-    await dispatcher_process.drained()
 
-    dispatcher_process.start()
+    await dispatcher_process.start()
     deadline = time.monotonic() + 60
 
     def delivered() -> set[str]:

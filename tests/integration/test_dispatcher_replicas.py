@@ -5,22 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
+from tests.dispatcher_process import DispatcherProcess
 from tests.integration.conftest import auth
 from tests.receiver import Receiver
 from webhook_receiver import verify_webhook
@@ -34,7 +30,6 @@ else:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
-LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
 CLAIM_CREATED = "event.claim.created.v1"
 DETAILS = json.dumps(
     {
@@ -47,69 +42,6 @@ DETAILS = json.dumps(
 )
 EVENTS = 400
 BATCH = 25
-
-
-def _port_of(stream: IO[str], deadline: float) -> int:
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        if match := LISTENING.search(line):
-            return int(match.group(1))
-    raise AssertionError("the dispatcher did not report its address")
-
-
-class DispatcherProcess:
-    """`python -m dispatcher_service` with the given environment, its log drained."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self._env = env
-        self.process: subprocess.Popen[str] | None = None
-        self._drain: threading.Thread | None = None
-        self._terminated = False
-
-    def spawn(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher_service"],
-            env=self._env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    async def listening_port(self) -> int:
-        """The port from its log; from then on its log is drained in the background."""
-        assert self.process is not None
-        stderr = self.process.stderr
-        assert stderr is not None
-        # In a thread: the subscription service it watches runs on this event loop.
-        port = await asyncio.to_thread(_port_of, stderr, time.monotonic() + 30)
-
-        def drain() -> None:
-            # Keep reading its log so a full pipe never blocks it; EOF comes when it exits.
-            for _ in stderr:
-                pass
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        return port
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None and not self._terminated:
-            self.process.send_signal(signal.SIGTERM)
-            self._terminated = True
-
-    def stop(self) -> None:
-        self.terminate()
-        if self.process is not None and self.process.poll() is None:
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if self._drain is not None:
-            self._drain.join(timeout=5)
-        if self.process is not None and self.process.stderr is not None:
-            self.process.stderr.close()
 
 
 @pytest.fixture

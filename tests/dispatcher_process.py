@@ -1,0 +1,97 @@
+"""`python -m dispatcher_service` as a child process, for tests that kill or multiply it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import IO
+
+__all__ = ["DispatcherProcess"]
+
+LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
+
+
+def _port_of(stream: IO[str], deadline: float) -> int:
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        if match := LISTENING.search(line):
+            return int(match.group(1))
+    raise AssertionError("the dispatcher did not report its address")
+
+
+class DispatcherProcess:
+    """The dispatcher with the given environment (log level INFO: its port is read from
+    the log), its log drained; `start` may be called again after `kill` or `stop`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._env = env
+        self.process: subprocess.Popen[str] | None = None
+        self._drain: threading.Thread | None = None
+        self._terminated = False
+
+    async def start(self) -> int:
+        """Starts it and returns its gRPC port."""
+        self.spawn()
+        return await self.listening_port()
+
+    def spawn(self) -> None:
+        self._terminated = False
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher_service"],
+            env=self._env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    async def listening_port(self) -> int:
+        """The port from its log; from then on its log is drained in the background."""
+        assert self.process is not None
+        stderr = self.process.stderr
+        assert stderr is not None
+        # In a thread: services it talks to may run on this event loop.
+        port = await asyncio.to_thread(_port_of, stderr, time.monotonic() + 30)
+
+        def drain() -> None:
+            # Keep reading its log so a full pipe never blocks it; EOF comes when it exits.
+            for _ in stderr:
+                pass
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+        return port
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._close_log()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None and not self._terminated:
+            self.process.send_signal(signal.SIGTERM)
+            self._terminated = True
+
+    def stop(self) -> None:
+        self.terminate()
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._drain is not None:
+            self._drain.join(timeout=5)
+            self._drain = None
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
