@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from subscription_service.server import RunningServer, create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
 from tests.receiver import Receiver
+from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
@@ -30,6 +32,27 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 
 def auth(token: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
+
+
+async def routed(dispatcher: RunningDispatcher, tenant: str, message_type: str, count: int) -> None:
+    """Waits until the dispatcher's routing table has caught up with the subscriptions."""
+    deadline = time.monotonic() + 10
+    while len(dispatcher.follower.routes_for(tenant, message_type)) != count:
+        assert time.monotonic() < deadline, "the routing table did not catch up"
+        await asyncio.sleep(0.02)
+
+
+async def publish(
+    dispatcher_stub: DispatcherStub, token: str, *batches: Sequence[pb.Event]
+) -> list[list[pb.PublishResult]]:
+    """Publishes `batches` over one PublishEvents stream; the results of each batch."""
+
+    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
+        for batch in batches:
+            yield pb.PublishEventsRequest(events=list(batch))
+
+    stream = dispatcher_stub.PublishEvents(requests(), metadata=auth(token))
+    return [list(response.results) async for response in stream]
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:

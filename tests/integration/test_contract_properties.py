@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from dispatcher_service.ingest import MAX_DETAILS_BYTES
 from dispatcher_service.server import RunningDispatcher
 from tests.conftest import Tokens, report_cases
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, publish
 from tests.receiver import ReceivedRequest, Receiver
 from webhook_contracts import Part, Registry, load_registry
 from webhook_contracts.formats import FORMAT_CHECKS
@@ -465,17 +465,6 @@ def _batches(events: Sequence[pb.Event]) -> list[list[pb.Event]]:
     return batches
 
 
-async def _publish(
-    dispatcher_stub: DispatcherStub, token: str, batches: Sequence[Sequence[pb.Event]]
-) -> list[list[pb.PublishResult]]:
-    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
-        for batch in batches:
-            yield pb.PublishEventsRequest(events=list(batch))
-
-    stream = dispatcher_stub.PublishEvents(requests(), metadata=auth(token))
-    return [list(response.results) async for response in stream]
-
-
 async def _arrived(receiver: Receiver, expected: set[tuple[str, str]], within: float) -> None:
     deadline = time.monotonic() + within
     while True:
@@ -577,7 +566,7 @@ async def test_generated_events_of_every_type_are_delivered_signed_and_mutants_n
     )
 
     before = _iso_millis(time.time() - 0.001)
-    answers = await _publish(dispatcher_stub, tokens.acme_publisher, batches)
+    answers = await publish(dispatcher_stub, tokens.acme_publisher, *batches)
     after = _iso_millis(time.time() + 0.001)
     assert [[r.message_id for r in answer] for answer in answers] == [
         [e.message_id for e in batch] for batch in batches
@@ -673,7 +662,7 @@ async def test_integers_beyond_64_bits_are_refused_or_delivered_unchanged(
         )
         for i, number in enumerate(numbers)
     ]
-    [results] = await _publish(dispatcher_stub, tokens.acme_publisher, [events])
+    [results] = await publish(dispatcher_stub, tokens.acme_publisher, events)
     accepted = {r.message_id for r in results if r.outcome == Result.OUTCOME_ACCEPTED}
     for result in results:
         if result.message_id not in accepted:
@@ -710,7 +699,7 @@ async def test_timestamps_of_every_year_a_protobuf_timestamp_holds_are_accepted(
         )
         for i, moment in enumerate(moments)
     ]
-    [results] = await _publish(dispatcher_stub, tokens.acme_publisher, [events])
+    [results] = await publish(dispatcher_stub, tokens.acme_publisher, events)
     refused = [
         f"{moments[i]}: {r.error}"
         for i, r in enumerate(results)

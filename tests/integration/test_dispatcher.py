@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,7 +18,7 @@ from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
-from tests.integration.conftest import auth, field_violations
+from tests.integration.conftest import auth, field_violations, publish, routed
 from tests.receiver import Receiver
 from webhook_receiver import verify_webhook
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -73,25 +72,6 @@ async def subscribe(
         metadata=auth(token),
     )
     return response.subscription
-
-
-async def routed(dispatcher: RunningDispatcher, tenant: str, message_type: str, count: int) -> None:
-    """Waits until the dispatcher's routing table has caught up with the subscriptions."""
-    deadline = time.monotonic() + 10
-    while len(dispatcher.follower.routes_for(tenant, message_type)) != count:
-        assert time.monotonic() < deadline, "the routing table did not catch up"
-        await asyncio.sleep(0.02)
-
-
-async def publish(
-    dispatcher_stub: DispatcherStub, token: str, *batches: Sequence[pb.Event]
-) -> list[list[pb.PublishResult]]:
-    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
-        for batch in batches:
-            yield pb.PublishEventsRequest(events=list(batch))
-
-    stream = dispatcher_stub.PublishEvents(requests(), metadata=auth(token))
-    return [list(response.results) async for response in stream]
 
 
 async def public_key_pem(dispatcher_stub: DispatcherStub, token: str, key_id: str) -> str:

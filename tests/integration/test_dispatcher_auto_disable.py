@@ -16,7 +16,7 @@ from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, publish, routed
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2 as sub_pb
@@ -79,24 +79,10 @@ async def _subscribe(stub: Stub, token: str, url: str) -> sub_pb.Subscription:
     return response.subscription
 
 
-async def _routed(dispatcher: RunningDispatcher, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(dispatcher.follower.routes_for("acme", CLAIM_CREATED)) != count:
-        assert time.monotonic() < deadline, "the routing table did not catch up"
-        await asyncio.sleep(0.02)
-
-
 async def _publish(stub: DispatcherStub, token: str, ids: Sequence[str]) -> list[pb.PublishResult]:
-    async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
-        yield pb.PublishEventsRequest(
-            events=[
-                pb.Event(message_id=message_id, message_type=CLAIM_CREATED, details=DETAILS)
-                for message_id in ids
-            ]
-        )
-
-    stream = stub.PublishEvents(requests(), metadata=auth(token))
-    return [result async for response in stream for result in response.results]
+    events = [pb.Event(message_id=i, message_type=CLAIM_CREATED, details=DETAILS) for i in ids]
+    [results] = await publish(stub, token, events)
+    return results
 
 
 async def _deliveries_to(
@@ -150,7 +136,7 @@ async def test_a_subscription_failing_three_times_in_a_row_is_disabled_and_its_n
     receiver.script("/failing", 500)
     failing = await _subscribe(stub, tokens.acme, receiver.url("/failing"))
     healthy = await _subscribe(stub, tokens.acme, receiver.url("/healthy"))
-    await _routed(disabling_dispatcher, 2)
+    await routed(disabling_dispatcher, "acme", CLAIM_CREATED, 2)
     reader = tokens.acme_deliveries
 
     # Two failures: below the threshold, so the subscription stays enabled.
@@ -181,7 +167,7 @@ async def test_a_subscription_failing_three_times_in_a_row_is_disabled_and_its_n
         await asyncio.sleep(0.05)
     assert "3 failed attempts in a row" in current.disabled_reason
     assert (await _subscription(stub, tokens.acme, healthy.id)).enabled is True
-    await _routed(disabling_dispatcher, 1)
+    await routed(disabling_dispatcher, "acme", CLAIM_CREATED, 1)
     assert disabling_dispatcher.follower.routes_for("acme", CLAIM_CREATED)[0].subscription_id == (
         healthy.id
     )
@@ -230,7 +216,7 @@ async def test_a_subscription_enabled_again_starts_a_new_run_of_failures(
 ) -> None:
     receiver.script("/flaky", 500)
     flaky = await _subscribe(stub, tokens.acme, receiver.url("/flaky"))
-    await _routed(disabling_dispatcher, 1)
+    await routed(disabling_dispatcher, "acme", CLAIM_CREATED, 1)
     await _publish(disabling_stub, tokens.acme_publisher, ["e-1", "e-2", "e-3"])
     deadline = time.monotonic() + 10
     while (await _subscription(stub, tokens.acme, flaky.id)).enabled:
@@ -246,7 +232,7 @@ async def test_a_subscription_enabled_again_starts_a_new_run_of_failures(
         ),
         metadata=auth(tokens.acme),
     )
-    await _routed(disabling_dispatcher, 1)
+    await routed(disabling_dispatcher, "acme", CLAIM_CREATED, 1)
     await _publish(disabling_stub, tokens.acme_publisher, ["e-4", "e-5"])
     await receiver.wait_for(5, path="/flaky", within=10)
     await _until(

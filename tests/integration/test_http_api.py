@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, routed
 from tests.receiver import Receiver
 from webhook_contracts import build_openapi, load_registry
 from webhook_contracts.openapi_http import MAX_MESSAGE_ID_LENGTH as DOCUMENTED_ID_LENGTH
@@ -99,13 +98,6 @@ async def subscribe(stub: Stub, token: str, url: str, *types: str) -> None:
         ),
         metadata=auth(token),
     )
-
-
-async def routed(dispatcher: RunningDispatcher, tenant: str, message_type: str, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(dispatcher.follower.routes_for(tenant, message_type)) != count:
-        assert time.monotonic() < deadline, "the routing table did not catch up"
-        await asyncio.sleep(0.02)
 
 
 async def stored_deliveries(dispatcher: RunningDispatcher, token: str) -> list[str]:
