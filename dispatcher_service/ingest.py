@@ -7,6 +7,7 @@ batch are stored together in one transaction, and only then acknowledged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -197,7 +198,7 @@ class _GroupCommit:
     def __init__(self, store: DeliveryStore, *, max_events: int = 2000) -> None:
         self._store = store
         self._max_events = max_events
-        self._waiting: list[_Waiting] = []
+        self._waiting: collections.deque[_Waiting] = collections.deque()
         self._writing: asyncio.Task[None] | None = None
 
     async def ingest(
@@ -217,7 +218,7 @@ class _GroupCommit:
                 not group or count + len(self._waiting[0].events) <= self._max_events
             ):
                 count += len(self._waiting[0].events)
-                group.append(self._waiting.pop(0))
+                group.append(self._waiting.popleft())
             events = [event for waiting in group for event in waiting.events]
             try:
                 outcomes = await asyncio.to_thread(self._store.ingest, events, now=group[0].now)

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from dispatcher_service.domain import DUE_STATES
+
 __all__ = [
     "DUE_CONDITION",
     "AttemptRow",
@@ -29,9 +31,9 @@ class DispatcherTable(SQLModel, registry=registry()):
 
 metadata = DispatcherTable.metadata
 
-# Rows a worker may claim, written out: a query uses a partial index only when its
-# condition matches the index's text, which a bound parameter would not.
-DUE_CONDITION = "state IN ('pending', 'retrying')"
+# Rows a worker may claim, with the states written out: a query uses a partial index only
+# when its condition matches the index's text, which a bound parameter would not.
+DUE_CONDITION = "state IN ({})".format(", ".join(f"'{state.value}'" for state in DUE_STATES))
 
 
 class EventRow(DispatcherTable, table=True):
