@@ -138,8 +138,10 @@ class DeliveryWorker:
         self._rng = rng
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
         self._wake = asyncio.Event()
+        # Claim in batches: waiting until a good share of the slots is free costs the
+        # receivers nothing and saves a query per finished delivery.
+        self._claim_room = max(1, min(limits.claim_batch, limits.max_in_flight) // 2)
         self._room = asyncio.Event()
-        self._room_needed = 1
         self._in_flight: set[asyncio.Task[None]] = set()
         self._results: asyncio.Queue[Completion] = asyncio.Queue()
         self._stopping = False
@@ -173,13 +175,10 @@ class DeliveryWorker:
             await flush_loop
         await self._flush_all()
         with contextlib.suppress(StoreUnavailable):
-            await asyncio.to_thread(self._store.release, owner=self.owner)
+            await self._store_call(self._store.release, owner=self.owner)
 
     async def _claim_loop(self) -> None:
         backoff = self._limits.poll_interval
-        # Claim in batches: waiting until a good share of the slots is free costs the
-        # receivers nothing and saves a query per finished delivery.
-        room = max(1, min(self._limits.claim_batch, self._limits.max_in_flight) // 2)
         while not self._stopping:
             if not self._routes.is_ready():
                 # Until the first routing table arrives every subscription looks deleted;
@@ -187,8 +186,7 @@ class DeliveryWorker:
                 await asyncio.sleep(self._limits.poll_interval)
                 continue
             free = self._limits.max_in_flight - len(self._in_flight)
-            if free < room:
-                self._room_needed = room
+            if free < self._claim_room:
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -216,7 +214,7 @@ class DeliveryWorker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._limits.max_in_flight - len(self._in_flight) >= self._room_needed:
+        if self._limits.max_in_flight - len(self._in_flight) >= self._claim_room:
             self._room.set()
 
     async def _store_call(self, call: Callable[..., _T], /, **kwargs: Any) -> _T:
