@@ -114,7 +114,8 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     platform_token = _platform_token(settings)
     registry = load_registry()
     engine = create_engine(settings.database_url)
-    await asyncio.to_thread(migrate, engine)
+    if settings.migrate_on_start:
+        await asyncio.to_thread(migrate, engine)
     keys = await asyncio.to_thread(
         KeyRing.open,
         settings.signing_keys_dir,

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from service_common.settings import ServiceSettings
 
 __all__ = ["DispatcherSettings"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class DispatcherSettings(BaseSettings):
+class DispatcherSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
 
     # host:port of the gRPC API; port 0 picks a free port (tests).
@@ -23,8 +25,6 @@ class DispatcherSettings(BaseSettings):
     http_addr: str = "127.0.0.1:8080"
     # SQLite file by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
     database_url: str = "sqlite:///var/dispatcher.db"
-    # JSON file of accepted tokens (see the README). Without one every call is refused.
-    auth_tokens_file: Path | None = None
     # Where the subscription service listens, and the file holding the token the
     # dispatcher watches it with (tenant `*`, scope `admin`).
     subscriptions_addr: str = "127.0.0.1:50051"
@@ -52,8 +52,7 @@ class DispatcherSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     # false: this replica only ingests (other replicas on the same database deliver).
     deliver: bool = True
-    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
-    log_level: str = "INFO"
+    metrics_addr: str = "127.0.0.1:9102"
 
     @field_validator("allowed_target_networks", mode="before")
     @classmethod

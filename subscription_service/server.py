@@ -56,7 +56,8 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     if not len(tokens):
         log.warning("no tokens configured (SUBSCRIPTIONS_AUTH_TOKENS_FILE): every call is refused")
     engine = create_engine(settings.database_url)
-    await asyncio.to_thread(migrate, engine)
+    if settings.migrate_on_start:
+        await asyncio.to_thread(migrate, engine)
     hub = ChangeHub(queue_size=settings.watch_queue_size)
     manager = SubscriptionManager(
         store=SubscriptionStore(engine), hub=hub, known_message_types=known_message_types()

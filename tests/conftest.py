@@ -15,9 +15,11 @@ from sqlalchemy.engine import make_url
 
 from service_common.auth import hash_token
 
-# Every dispatcher serves HTTP too (DISPATCHER_HTTP_ADDR, 127.0.0.1:8080 by default); tests
-# run several at once, in this process and in child processes, so each picks a free port.
-os.environ.setdefault("DISPATCHER_HTTP_ADDR", "127.0.0.1:0")
+# Every dispatcher serves HTTP too (DISPATCHER_HTTP_ADDR, 127.0.0.1:8080 by default), and
+# both services serve metrics; tests run several at once, in this process and in child
+# processes, so each picks a free port.
+for _name in ("DISPATCHER_HTTP_ADDR", "DISPATCHER_METRICS_ADDR", "SUBSCRIPTIONS_METRICS_ADDR"):
+    os.environ.setdefault(_name, "127.0.0.1:0")
 
 # The PostgreSQL server the tests may use; each test gets a database of its own on it.
 POSTGRES_URL = os.environ.get(

@@ -1,0 +1,27 @@
+"""Settings both services have, under their own prefix (`SUBSCRIPTIONS_`, `DISPATCHER_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    # JSON file of accepted tokens (see the README). Without one every call is refused.
+    auth_tokens_file: Path | None = None
+    # Seconds that calls in flight get to finish on shutdown.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    # false: the database must already be migrated (`python -m <service>.migrate`).
+    migrate_on_start: bool = True
+    log_level: str = "INFO"
+    # json: one JSON object per line (for log collectors); text: for a terminal.
+    log_format: Literal["json", "text"] = "json"
+    # host:port of the Prometheus `/metrics` endpoint; empty turns it off.
+    metrics_addr: str = ""
+    # Where finished spans go: none (tracing off), otlp (`OTEL_EXPORTER_OTLP_*`), console.
+    tracing_exporter: Literal["none", "otlp", "console"] = "none"

@@ -1,0 +1,1 @@
+"""`webhooks`: the command line for operators and backoffice work."""
