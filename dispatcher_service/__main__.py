@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from pydantic import ValidationError
@@ -12,6 +11,8 @@ from dispatcher_service.server import serve
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.signing import KeyRingError
 from service_common.auth import TokensFileError
+from service_common.logs import configure_logging
+from service_common.tracing import configure_tracing
 
 
 def main() -> int:
@@ -20,15 +21,16 @@ def main() -> int:
     except ValidationError as exc:
         print(f"invalid DISPATCHER_* settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    tracing = configure_tracing(settings.tracing_exporter, service_name="dispatcher")
     try:
         asyncio.run(serve(settings))
     except (TokensFileError, KeyRingError, OSError, ValueError) as exc:
         print(f"dispatcher cannot start: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return 0
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "EndpointHealth",
     "IngestOutcome",
     "PreparedEvent",
+    "QueueStats",
     "Target",
 ]
 
@@ -28,6 +29,14 @@ class DeliveryState(enum.StrEnum):
 
 
 DUE_STATES = (DeliveryState.PENDING, DeliveryState.RETRYING)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Deliveries waiting, by state, and when the longest-waiting due one became due."""
+
+    depth: dict[DeliveryState, int]
+    oldest_due_time: datetime | None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Protocol
 import orjson
 
 from dispatcher_service.domain import IngestOutcome, PreparedEvent, Target
+from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.store import DeliveryStore
 from service_common.auth import Caller, Scope
 from service_common.errors import (
@@ -26,6 +28,7 @@ from service_common.errors import (
     StoreUnavailable,
     WebhooksError,
 )
+from service_common.logs import log_context
 from webhook_contracts import ContractViolation, Registry, UnknownMessageType
 from webhook_receiver import payload_as_string
 
@@ -39,6 +42,7 @@ __all__ = [
     "RouteSource",
 ]
 
+log = logging.getLogger(__name__)
 MAX_BATCH_EVENTS = 500
 MAX_DETAILS_BYTES = 64 * 1024
 MAX_MESSAGE_ID_LENGTH = 200
@@ -107,8 +111,10 @@ class Ingestor:
         routes: RouteSource,
         clock: Callable[[], datetime] = _utc_now,
         on_stored: Callable[[], None] = lambda: None,
+        metrics: DispatcherMetrics | None = None,
     ) -> None:
         self._writer = _GroupCommit(store)
+        self._metrics = metrics or DispatcherMetrics()
         self._registry = registry
         self._routes = routes
         self._clock = clock
@@ -130,7 +136,25 @@ class Ingestor:
         stored = iter(await self._writer.ingest(good, now=now) if good else [])
         if good:
             self._on_stored()
-        return [item if isinstance(item, Rejected) else next(stored) for item in checked]
+        results = [item if isinstance(item, Rejected) else next(stored) for item in checked]
+        self._count(results)
+        return results
+
+    def _count(self, results: Sequence[IngestOutcome | Rejected]) -> None:
+        duplicates = rejected = 0
+        for result in results:
+            if isinstance(result, Rejected):
+                rejected += 1
+                with log_context(message_id=result.message_id[:MAX_MESSAGE_ID_LENGTH]):
+                    log.info("event refused: %s", result.error)
+            elif result.duplicate:
+                duplicates += 1
+        events = self._metrics.events
+        events.labels("accepted").inc(len(results) - duplicates - rejected)
+        if duplicates:
+            events.labels("duplicate").inc(duplicates)
+        if rejected:
+            events.labels("rejected").inc(rejected)
 
     def _prepare(
         self, caller: Caller, event: IncomingEvent, *, now_text: str

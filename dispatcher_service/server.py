@@ -18,6 +18,7 @@ from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.http_api import HttpSite, create_app, start_site
 from dispatcher_service.http_sender import HttpSender, Timeouts
 from dispatcher_service.ingest import Ingestor
+from dispatcher_service.metrics import DispatcherMetrics, QueueCollector
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
 from dispatcher_service.servicer import DispatcherServicer
 from dispatcher_service.settings import DispatcherSettings
@@ -30,6 +31,8 @@ from service_common.auth import TokenStore
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
 from service_common.lifecycle import wait_for_shutdown_signal
+from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
+from service_common.tracing import client_interceptors, server_interceptors
 from webhook_contracts import load_registry
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
@@ -60,10 +63,15 @@ class RunningDispatcher:
     channel: grpc.aio.Channel
     keys: KeyRing
     http: HttpSite
+    metrics: MetricsEndpoint
 
     @property
     def http_port(self) -> int:
         return self.http.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -73,6 +81,7 @@ class RunningDispatcher:
         await self.follower.stop()
         await self.sender.aclose()
         await self.channel.close(None)
+        self.metrics.close()
         self.engine.dispose()
 
 
@@ -122,10 +131,14 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         retired_key_retention=timedelta(days=settings.retired_key_retention_days),
     )
     store = DeliveryStore(engine)
+    metrics = DispatcherMetrics()
+    metrics.registry.register(QueueCollector(lambda now: store.queue_stats(now=now)))
     follower = SubscriptionFollower(settings.subscriptions_addr, platform_token)
     follower.start()
     # A channel of its own for the few calls that disable failing subscriptions.
-    channel = grpc.aio.insecure_channel(settings.subscriptions_addr)
+    channel = grpc.aio.insecure_channel(
+        settings.subscriptions_addr, interceptors=client_interceptors(settings.tracing_exporter)
+    )
     sender = HttpSender(
         policy=TargetPolicy(allowed_networks=settings.allowed_target_networks),
         timeouts=Timeouts(
@@ -156,9 +169,17 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
             lease=timedelta(seconds=settings.lease_seconds),
         ),
         user_agent=USER_AGENT,
+        metrics=metrics,
     )
-    ingestor = Ingestor(store=store, registry=registry, routes=follower, on_stored=worker.wake)
-    server = new_server()
+    ingestor = Ingestor(
+        store=store, registry=registry, routes=follower, on_stored=worker.wake, metrics=metrics
+    )
+    server = new_server(
+        interceptors=[
+            *server_interceptors(settings.tracing_exporter),
+            GrpcServerMetrics(metrics.registry),
+        ]
+    )
     add_servicer(
         server,
         DispatcherServicer(
@@ -179,6 +200,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         shutdown_timeout=settings.shutdown_grace_seconds,
     )
     await server.start()
+    metrics_endpoint = serve_metrics(metrics.registry, settings.metrics_addr)
     if settings.deliver:
         worker.start()
     return RunningDispatcher(
@@ -192,6 +214,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         channel=channel,
         keys=keys,
         http=http,
+        metrics=metrics_endpoint,
     )
 
 
@@ -202,6 +225,9 @@ async def serve(settings: DispatcherSettings) -> None:
     log.info("dispatcher listening on %s:%d", host, running.port)
     http_host = settings.http_addr.rpartition(":")[0]
     log.info("dispatcher HTTP surface on http://%s:%d", http_host, running.http_port)
+    if running.metrics_port is not None:
+        metrics_host = settings.metrics_addr.rpartition(":")[0]
+        log.info("dispatcher metrics on http://%s:%d/metrics", metrics_host, running.metrics_port)
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from dispatcher_service.claims import claim_statement
 from dispatcher_service.domain import (
+    DUE_STATES,
     Attempt,
     ClaimedDelivery,
     Completion,
@@ -30,8 +31,15 @@ from dispatcher_service.domain import (
     EndpointHealth,
     IngestOutcome,
     PreparedEvent,
+    QueueStats,
 )
-from dispatcher_service.models import AttemptRow, DeliveryRow, EndpointHealthRow, EventRow
+from dispatcher_service.models import (
+    DUE_CONDITION,
+    AttemptRow,
+    DeliveryRow,
+    EndpointHealthRow,
+    EventRow,
+)
 from service_common.database import as_utc, unavailable_on_database_errors
 from service_common.errors import NotFound
 
@@ -530,6 +538,27 @@ class DeliveryStore:
                 .returning(_DELIVERIES.c.id)
             )
             return [row[0] for row in rows]
+
+    @unavailable_on_database_errors
+    def queue_stats(self, *, now: datetime) -> QueueStats:
+        """What waits to be sent, read through the partial index of due deliveries."""
+        due = sa.text(DUE_CONDITION)
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(_DELIVERIES.c.state, sa.func.count())
+                .where(due)
+                .group_by(_DELIVERIES.c.state)
+            )
+            depth: dict[str, int] = {state: count for state, count in rows}
+            oldest = connection.execute(
+                sa.select(sa.func.min(_DELIVERIES.c.next_attempt_time)).where(
+                    due, _DELIVERIES.c.next_attempt_time <= now
+                )
+            ).scalar()
+        return QueueStats(
+            depth={state: depth.get(state.value, 0) for state in DUE_STATES},
+            oldest_due_time=None if oldest is None else as_utc(oldest),
+        )
 
     @unavailable_on_database_errors
     def counts_by_state(self) -> dict[DeliveryState, int]:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from dispatcher_service.domain import (
     Attempt,
@@ -26,6 +28,7 @@ from dispatcher_service.domain import (
     DeliveryState,
     EndpointHealth,
 )
+from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.retry import (
     AttemptOutcome,
     DisablePolicy,
@@ -39,10 +42,12 @@ from dispatcher_service.routing import Route
 from dispatcher_service.signing import Signature, SignatureAlgorithm, delivery_headers
 from dispatcher_service.store import DeliveryStore
 from service_common.errors import StoreUnavailable
+from service_common.logs import log_context
 
 __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 _T = TypeVar("_T")
 
 
@@ -124,8 +129,14 @@ class DeliveryWorker:
         user_agent: str,
         clock: Callable[[], datetime] = _utc_now,
         rng: Callable[[], float] = random.random,
+        metrics: DispatcherMetrics | None = None,
     ) -> None:
         self._user_agent = user_agent
+        self._metrics = metrics or DispatcherMetrics()
+        self._recorded = {
+            state: self._metrics.deliveries.labels(state.value)
+            for state in (DeliveryState.SUCCEEDED, DeliveryState.RETRYING, DeliveryState.DEAD)
+        }
         self._store = store
         self._routes = routes
         self._sender = sender
@@ -146,6 +157,7 @@ class DeliveryWorker:
         self._results: asyncio.Queue[Completion] = asyncio.Queue()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._disabling: set[str] = set()
 
     def wake(self) -> None:
         """Tells the worker that new deliveries are due (called after ingestion)."""
@@ -233,12 +245,44 @@ class DeliveryWorker:
         self._wake.clear()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
-        try:
-            completion = await self._attempt(delivery)
-        except Exception:
-            # A bug must not lose the delivery: its lease expires and it is tried again.
-            log.exception("delivery %s failed unexpectedly", delivery.id)
-            return
+        with (
+            log_context(
+                delivery_id=delivery.id,
+                message_id=delivery.message_id,
+                subscription_id=delivery.subscription_id,
+            ),
+            _tracer.start_as_current_span(
+                "deliver webhook",
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "webhooks.delivery_id": delivery.id,
+                    "webhooks.message_id": delivery.message_id,
+                    "webhooks.subscription_id": delivery.subscription_id,
+                    "webhooks.attempt": delivery.attempt_count + 1,
+                },
+            ) as span,
+        ):
+            try:
+                completion = await self._attempt(delivery)
+            except Exception:
+                # A bug must not lose the delivery: its lease expires and it is tried again.
+                log.exception("delivery failed unexpectedly")
+                return
+            attempt = completion.attempt
+            if span.is_recording():
+                span.set_attribute("http.response.status_code", attempt.status_code)
+                span.set_attribute("webhooks.outcome", completion.state.value)
+            if completion.state is not DeliveryState.SUCCEEDED:
+                log.log(
+                    logging.WARNING if completion.state is DeliveryState.DEAD else logging.INFO,
+                    "attempt %d: %s; delivery %s%s",
+                    attempt.number,
+                    attempt.error or f"HTTP {attempt.status_code}",
+                    completion.state.value,
+                    ""
+                    if completion.next_attempt_time is None
+                    else f", next attempt at {completion.next_attempt_time.isoformat()}",
+                )
         self._results.put_nowait(completion)
 
     async def _attempt(self, delivery: ClaimedDelivery) -> Completion:
@@ -261,10 +305,13 @@ class DeliveryWorker:
             )
         body, headers = await self._signed(delivery, route, started)
         result = await self._sender.send(route.url, body=body, headers=headers)
+        self._metrics.attempt(result.status_code, result.latency)
         outcome = classify(result.status_code, result.error)
         state, next_time = self._next_state(outcome, number, result.retry_after)
         if outcome is AttemptOutcome.DISABLE:
-            await self._disable_quietly(delivery.subscription_id, "the endpoint answered 410 Gone")
+            await self._disable_quietly(
+                delivery.subscription_id, "the endpoint answered 410 Gone", kind="gone"
+            )
         return self._completion(
             delivery,
             number,
@@ -379,6 +426,8 @@ class DeliveryWorker:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        for completion in batch:
+            self._recorded[completion.state].inc()
         for health in failing:
             await self._maybe_disable(health)
 
@@ -398,13 +447,20 @@ class DeliveryWorker:
             health.subscription_id,
             f"{health.consecutive_failures} failed attempts in a row since "
             f"{health.first_failure_time.isoformat(timespec='seconds')}",
+            kind="failing",
         )
 
-    async def _disable_quietly(self, subscription_id: str, reason: str) -> None:
+    async def _disable_quietly(self, subscription_id: str, reason: str, *, kind: str) -> None:
+        if subscription_id in self._disabling:
+            return  # several deliveries' answers agree at once: one disable is enough
+        self._disabling.add(subscription_id)
         try:
             await self._disable(subscription_id, reason)
+            self._metrics.subscriptions_disabled.labels(kind).inc()
             # The run of failures ends with the disable: enabled again, the endpoint
             # starts from a clean count rather than one failure away from the threshold.
             await self._store_call(self._store.forget_endpoint, subscription_id=subscription_id)
         except Exception:
             log.exception("could not disable subscription %s (%s)", subscription_id, reason)
+        finally:
+            self._disabling.discard(subscription_id)

@@ -8,12 +8,16 @@ export DISPATCHER_AUTH_TOKENS_FILE=var/tokens.json
 export DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE=var/platform-token
 # Local demos deliver to receivers on this machine, which the SSRF guard refuses otherwise.
 export DISPATCHER_ALLOWED_TARGET_NETWORKS=${DISPATCHER_ALLOWED_TARGET_NETWORKS:-127.0.0.0/8}
+# Logs for a terminal; services elsewhere log JSON lines by default.
+export SUBSCRIPTIONS_LOG_FORMAT=${SUBSCRIPTIONS_LOG_FORMAT:-text}
+export DISPATCHER_LOG_FORMAT=${DISPATCHER_LOG_FORMAT:-text}
 "$python" -m subscription_service &
 subscriptions=$!
 "$python" -m dispatcher_service &
 dispatcher=$!
 trap 'kill -TERM $subscriptions $dispatcher 2>/dev/null; wait' INT TERM
-echo "subscription service: 127.0.0.1:50051   dispatcher: 127.0.0.1:50052, http://127.0.0.1:8080   (Ctrl-C stops both)"
+echo "subscription service: 127.0.0.1:50051   dispatcher: 127.0.0.1:50052, http://127.0.0.1:8080"
+echo "metrics: http://127.0.0.1:9101/metrics, http://127.0.0.1:9102/metrics   (Ctrl-C stops both)"
 wait -n $subscriptions $dispatcher
 kill -TERM $subscriptions $dispatcher 2>/dev/null || true
 wait

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -20,13 +20,14 @@ HealthServicer = Any
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def new_server() -> grpc.aio.Server:
+def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
     return grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
 
 

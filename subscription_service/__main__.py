@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from pydantic import ValidationError
 
 from service_common.auth import TokensFileError
+from service_common.logs import configure_logging
+from service_common.tracing import configure_tracing
 from subscription_service.server import serve
 from subscription_service.settings import SubscriptionSettings
 
@@ -19,15 +20,16 @@ def main() -> int:
     except ValidationError as exc:
         print(f"invalid SUBSCRIPTIONS_* settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    tracing = configure_tracing(settings.tracing_exporter, service_name="subscription-service")
     try:
         asyncio.run(serve(settings))
     except TokensFileError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return 0
 
 

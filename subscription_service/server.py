@@ -7,14 +7,18 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
 from service_common.lifecycle import wait_for_shutdown_signal
+from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
+from service_common.tracing import server_interceptors
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
+from subscription_service.metrics import SubscriptionCollector
 from subscription_service.servicer import SubscriptionServicer
 from subscription_service.settings import SubscriptionSettings
 from subscription_service.store import SubscriptionStore
@@ -37,12 +41,18 @@ class RunningServer:
     hub: ChangeHub
     health: HealthServicer
     engine: Engine
+    metrics: MetricsEndpoint
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         # Watch streams never end by themselves; close them so shutdown does not wait out the grace.
         self.hub.close()
         await self.server.stop(grace)
+        self.metrics.close()
         self.engine.dispose()
 
 
@@ -59,10 +69,16 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, engine)
     hub = ChangeHub(queue_size=settings.watch_queue_size)
-    manager = SubscriptionManager(
-        store=SubscriptionStore(engine), hub=hub, known_message_types=known_message_types()
+    store = SubscriptionStore(engine)
+    manager = SubscriptionManager(store=store, hub=hub, known_message_types=known_message_types())
+    registry = CollectorRegistry()
+    registry.register(SubscriptionCollector(store.count_by_enabled))
+    server = new_server(
+        interceptors=[
+            *server_interceptors(settings.tracing_exporter),
+            GrpcServerMetrics(registry),
+        ]
     )
-    server = new_server()
     add_servicer(
         server,
         SubscriptionServicer(manager=manager, tokens=tokens),
@@ -73,7 +89,14 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot listen on {settings.grpc_addr}")
     await server.start()
-    return RunningServer(server=server, port=port, hub=hub, health=health_servicer, engine=engine)
+    return RunningServer(
+        server=server,
+        port=port,
+        hub=hub,
+        health=health_servicer,
+        engine=engine,
+        metrics=serve_metrics(registry, settings.metrics_addr),
+    )
 
 
 async def serve(settings: SubscriptionSettings) -> None:
@@ -81,6 +104,13 @@ async def serve(settings: SubscriptionSettings) -> None:
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
     log.info("subscription service listening on %s:%d", host, running.port)
+    if running.metrics_port is not None:
+        metrics_host = settings.metrics_addr.rpartition(":")[0]
+        log.info(
+            "subscription service metrics on http://%s:%d/metrics",
+            metrics_host,
+            running.metrics_port,
+        )
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

@@ -7,6 +7,7 @@ UNAVAILABLE instead of a crash.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ class Cursor:
 class SubscriptionStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # Updates and deletes read a row and write it back. One at a time in this process,
+        # and with the row locked on PostgreSQL (for other processes), a writer never
+        # finds the row changed under it: only a caller's stale etag fails an update.
+        self._writes = threading.Lock()
 
     @unavailable_on_database_errors
     def create(self, new: NewSubscription, *, now: datetime) -> Subscription:
@@ -109,6 +114,18 @@ class SubscriptionStore:
             return _with_message_types(session, list(session.exec(statement)))
 
     @unavailable_on_database_errors
+    def count_by_enabled(self) -> dict[bool, int]:
+        """How many subscriptions are enabled and disabled, over every tenant."""
+        statement = sa.select(col(SubscriptionRow.enabled), sa.func.count()).group_by(
+            col(SubscriptionRow.enabled)
+        )
+        with self._engine.connect() as connection:
+            counts: dict[bool, int] = {
+                bool(enabled): count for enabled, count in connection.execute(statement)
+            }
+        return {enabled: counts.get(enabled, 0) for enabled in (True, False)}
+
+    @unavailable_on_database_errors
     def update(
         self,
         subscription_id: str,
@@ -118,8 +135,8 @@ class SubscriptionStore:
         expected_version: int | None,
         now: datetime,
     ) -> Subscription:
-        with Session(self._engine) as session:
-            row = _find(session, subscription_id, tenant=tenant)
+        with self._writes, Session(self._engine) as session:
+            row = _find(session, subscription_id, tenant=tenant, for_update=True)
             if expected_version is not None and row.version != expected_version:
                 raise StaleEtag("the subscription changed since that etag was read")
             values = _patched_columns(row, patch)
@@ -152,8 +169,8 @@ class SubscriptionStore:
         self, subscription_id: str, *, tenant: str | None, expected_version: int | None
     ) -> Subscription:
         """Deletes a subscription and returns its last state."""
-        with Session(self._engine) as session:
-            row = _find(session, subscription_id, tenant=tenant)
+        with self._writes, Session(self._engine) as session:
+            row = _find(session, subscription_id, tenant=tenant, for_update=True)
             if expected_version is not None and row.version != expected_version:
                 raise StaleEtag("the subscription changed since that etag was read")
             last = _to_domain(row, _message_types_of(session, [row.id])[row.id])
@@ -169,8 +186,10 @@ class SubscriptionStore:
             return last
 
 
-def _find(session: Session, subscription_id: str, *, tenant: str | None) -> SubscriptionRow:
-    row = session.get(SubscriptionRow, subscription_id)
+def _find(
+    session: Session, subscription_id: str, *, tenant: str | None, for_update: bool = False
+) -> SubscriptionRow:
+    row = session.get(SubscriptionRow, subscription_id, with_for_update=for_update)
     # Another tenant's subscription answers exactly like a missing one.
     if row is None or (tenant is not None and row.tenant != tenant):
         raise NotFound(f"no subscription '{subscription_id}'")

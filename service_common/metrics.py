@@ -1,0 +1,157 @@
+"""Prometheus metrics both services share: per-RPC counts and latency, and the endpoint.
+
+Each running service has a registry of its own (several may share a process in tests);
+`serve_metrics` exposes it at `http://<addr>/metrics`. The RPC metrics have the names
+and labels of go-grpc-prometheus, so existing dashboards work unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+__all__ = ["GrpcServerMetrics", "MetricsEndpoint", "serve_metrics"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    ServerInterceptor = grpc.aio.ServerInterceptor
+# Up to a minute: streams that outlive it (watches, long publishing runs) land in +Inf.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
+
+
+class GrpcServerMetrics(ServerInterceptor):
+    """Counts every call by service, method and status code, and times it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self._started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", labels, registry=registry
+        )
+        self._handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*labels, "grpc_code"),
+            registry=registry,
+        )
+        self._seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, in seconds.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None:  # no such method: grpc answers UNIMPLEMENTED
+            return handler  # type: ignore[return-value]
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary is not None:
+            labels = ("unary", service, method)
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, labels))  # type: ignore[attr-defined,no-any-return]
+        if handler.unary_stream is not None:
+            labels = ("server_stream", service, method)
+            return handler._replace(unary_stream=self._streaming(handler.unary_stream, labels))  # type: ignore[attr-defined,no-any-return]
+        if handler.stream_stream is not None:
+            labels = ("bidi_stream", service, method)
+            return handler._replace(stream_stream=self._streaming(handler.stream_stream, labels))  # type: ignore[attr-defined,no-any-return]
+        labels = ("client_stream", service, method)
+        return handler._replace(stream_unary=self._unary(handler.stream_unary, labels))  # type: ignore[attr-defined,no-any-return]
+
+    def _unary(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
+        async def observed(request: Any, context: Context) -> Any:
+            started = self._start(labels)
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behavior(request, context)
+                code = _status(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = _status(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                self._finish(labels, code, started)
+
+        return observed
+
+    def _streaming(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
+        async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = self._start(labels)
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                async for response in behavior(request, context):
+                    yield response
+                code = _status(context, grpc.StatusCode.OK)
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = _status(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                self._finish(labels, code, started)
+
+        return observed
+
+    def _start(self, labels: tuple[str, str, str]) -> float:
+        self._started.labels(*labels).inc()
+        return time.perf_counter()
+
+    def _finish(self, labels: tuple[str, str, str], code: grpc.StatusCode, started: float) -> None:
+        self._seconds.labels(*labels).observe(time.perf_counter() - started)
+        self._handled.labels(*labels, code.name).inc()
+
+
+def _status(context: Context, otherwise: grpc.StatusCode) -> grpc.StatusCode:
+    """The code the servicer set (by `abort` or `set_code`), else `otherwise`."""
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    # Before a status is set the context answers None; some grpc versions answer an int.
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return otherwise
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running `/metrics` endpoint; `port` is the one bound (useful with port 0)."""
+
+    server: WSGIServer | None
+
+    @property
+    def port(self) -> int | None:
+        return None if self.server is None else self.server.server_port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def serve_metrics(registry: CollectorRegistry, addr: str) -> MetricsEndpoint:
+    """Serves `registry` on `addr` (host:port) in a thread; an empty `addr` serves nothing."""
+    if not addr:
+        return MetricsEndpoint(None)
+    host, _, port = addr.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    return MetricsEndpoint(server)
