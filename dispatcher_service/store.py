@@ -549,7 +549,7 @@ class DeliveryStore:
                 .where(due)
                 .group_by(_DELIVERIES.c.state)
             )
-            depth: dict[str, int] = {state: count for state, count in rows}
+            depth: dict[str, int] = dict(rows.all())
             oldest = connection.execute(
                 sa.select(sa.func.min(_DELIVERIES.c.next_attempt_time)).where(
                     due, _DELIVERIES.c.next_attempt_time <= now

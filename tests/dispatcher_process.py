@@ -16,11 +16,12 @@ __all__ = ["DispatcherProcess"]
 LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
 
 
-def _port_of(stream: IO[str], deadline: float) -> int:
+def _port_of(stream: IO[str], deadline: float, lines: list[str]) -> int:
     while time.monotonic() < deadline:
         line = stream.readline()
         if not line:
             break
+        lines.append(line)
         if match := LISTENING.search(line):
             return int(match.group(1))
     raise AssertionError("the dispatcher did not report its address")
@@ -28,13 +29,15 @@ def _port_of(stream: IO[str], deadline: float) -> int:
 
 class DispatcherProcess:
     """The dispatcher with the given environment (log level INFO: its port is read from
-    the log), its log drained; `start` may be called again after `kill` or `stop`."""
+    the log), its log drained into `log_lines`; `start` may be called again after `kill`
+    or `stop`."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self._env = env
         self.process: subprocess.Popen[str] | None = None
         self._drain: threading.Thread | None = None
         self._terminated = False
+        self.log_lines: list[str] = []
 
     async def start(self) -> int:
         """Starts it and returns its gRPC port."""
@@ -56,12 +59,12 @@ class DispatcherProcess:
         stderr = self.process.stderr
         assert stderr is not None
         # In a thread: services it talks to may run on this event loop.
-        port = await asyncio.to_thread(_port_of, stderr, time.monotonic() + 30)
+        port = await asyncio.to_thread(_port_of, stderr, time.monotonic() + 30, self.log_lines)
 
         def drain() -> None:
             # Keep reading its log so a full pipe never blocks it; EOF comes when it exits.
-            for _ in stderr:
-                pass
+            for line in stderr:
+                self.log_lines.append(line)
 
         self._drain = threading.Thread(target=drain, daemon=True)
         self._drain.start()
