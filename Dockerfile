@@ -1,4 +1,4 @@
-# One image for both services; the compose file picks the module to run.
+# One image for every service of docker-compose.yml; the compose file picks the module to run.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -8,9 +8,15 @@ COPY subscription_service ./subscription_service
 COPY dispatcher_service ./dispatcher_service
 COPY webhook_contracts ./webhook_contracts
 COPY webhook_receiver ./webhook_receiver
+COPY webhooks_cli ./webhooks_cli
 COPY contracts ./contracts
 # Editable, so the packages find contracts/ beside them as they do in a clone.
 RUN pip install --no-cache-dir -e .
-ENV PYTHONUNBUFFERED=1
+# A new named volume takes the owner and mode of the directory it is mounted on: these let
+# the services, running as nobody, write the tokens and the signing keys.
+RUN mkdir -p /var/lib/webhooks/tokens /var/lib/webhooks/signing-keys \
+    && chown -R nobody:nogroup /var/lib/webhooks \
+    && chmod 700 /var/lib/webhooks/tokens /var/lib/webhooks/signing-keys
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER nobody
 CMD ["python", "-m", "subscription_service"]
