@@ -63,10 +63,15 @@ class DispatcherMetrics:
             self.deliveries.labels(outcome)
         for reason in ("gone", "failing"):
             self.subscriptions_disabled.labels(reason)
+        self._attempts = {
+            status_class: self.attempt_seconds.labels(status_class)
+            for status_class in ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
+        }
 
     def attempt(self, status_code: int | None, seconds: float) -> None:
         status_class = f"{status_code // 100}xx" if status_code else "error"
-        self.attempt_seconds.labels(status_class).observe(seconds)
+        histogram = self._attempts.get(status_class) or self.attempt_seconds.labels(status_class)
+        histogram.observe(seconds)
 
 
 class QueueCollector(Collector):

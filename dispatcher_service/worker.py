@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from dispatcher_service.domain import (
     Attempt,
@@ -42,7 +42,8 @@ from dispatcher_service.routing import Route
 from dispatcher_service.signing import Signature, SignatureAlgorithm, delivery_headers
 from dispatcher_service.store import DeliveryStore
 from service_common.errors import StoreUnavailable
-from service_common.logs import log_context
+from service_common.logs import bind_log_context
+from service_common.tracing import tracing_enabled
 
 __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 
@@ -245,23 +246,13 @@ class DeliveryWorker:
         self._wake.clear()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
-        with (
-            log_context(
-                delivery_id=delivery.id,
-                message_id=delivery.message_id,
-                subscription_id=delivery.subscription_id,
-            ),
-            _tracer.start_as_current_span(
-                "deliver webhook",
-                kind=SpanKind.CLIENT,
-                attributes={
-                    "webhooks.delivery_id": delivery.id,
-                    "webhooks.message_id": delivery.message_id,
-                    "webhooks.subscription_id": delivery.subscription_id,
-                    "webhooks.attempt": delivery.attempt_count + 1,
-                },
-            ) as span,
-        ):
+        # Each delivery runs in a task of its own: what is bound here stays with it.
+        bind_log_context(
+            delivery_id=delivery.id,
+            message_id=delivery.message_id,
+            subscription_id=delivery.subscription_id,
+        )
+        with self._span(delivery) as span:
             try:
                 completion = await self._attempt(delivery)
             except Exception:
@@ -269,7 +260,7 @@ class DeliveryWorker:
                 log.exception("delivery failed unexpectedly")
                 return
             attempt = completion.attempt
-            if span.is_recording():
+            if span is not None:
                 span.set_attribute("http.response.status_code", attempt.status_code)
                 span.set_attribute("webhooks.outcome", completion.state.value)
             if completion.state is not DeliveryState.SUCCEEDED:
@@ -284,6 +275,20 @@ class DeliveryWorker:
                     else f", next attempt at {completion.next_attempt_time.isoformat()}",
                 )
         self._results.put_nowait(completion)
+
+    def _span(self, delivery: ClaimedDelivery) -> contextlib.AbstractContextManager[Span | None]:
+        if not tracing_enabled():
+            return contextlib.nullcontext()
+        return _tracer.start_as_current_span(
+            "deliver webhook",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "webhooks.delivery_id": delivery.id,
+                "webhooks.message_id": delivery.message_id,
+                "webhooks.subscription_id": delivery.subscription_id,
+                "webhooks.attempt": delivery.attempt_count + 1,
+            },
+        )
 
     async def _attempt(self, delivery: ClaimedDelivery) -> Completion:
         number = delivery.attempt_count + 1

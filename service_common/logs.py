@@ -1,9 +1,9 @@
 """Logging for both services: JSON lines (or text), with the ids of the work at hand.
 
 `log_context(message_id=..., delivery_id=...)` puts ids on every record logged inside it,
-in the same task and the tasks it starts. Credentials never reach a log: bearer tokens,
-Standard Webhooks secrets and PEM private keys are masked in every message, whoever
-logged it.
+in the same task and the tasks it starts; `bind_log_context` does so for the rest of a
+task. Credentials never reach a log: bearer tokens, Standard Webhooks secrets and PEM
+private keys are masked in every message, whoever logged it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["configure_logging", "log_context", "redact"]
+__all__ = ["bind_log_context", "configure_logging", "log_context", "redact"]
 
 _CONTEXT: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039
 
@@ -52,6 +52,12 @@ def log_context(**fields: str) -> Iterator[None]:
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def bind_log_context(**fields: str) -> None:
+    """Adds `fields` to every record logged from here to the end of the current task
+    (cheaper than `log_context` for a task that does one piece of work)."""
+    _CONTEXT.set({**_CONTEXT.get(), **fields})
 
 
 class _ContextFilter(logging.Filter):

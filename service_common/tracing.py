@@ -20,9 +20,15 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
-__all__ = ["client_interceptors", "configure_tracing", "server_interceptors"]
+__all__ = ["client_interceptors", "configure_tracing", "server_interceptors", "tracing_enabled"]
 
 Exporter = Literal["none", "otlp", "console"]
+_enabled = False
+
+
+def tracing_enabled() -> bool:
+    """Whether spans go anywhere: hot paths skip making spans nobody records."""
+    return _enabled
 
 
 def configure_tracing(exporter: Exporter, service_name: str) -> TracerProvider | None:
@@ -34,6 +40,8 @@ def configure_tracing(exporter: Exporter, service_name: str) -> TracerProvider |
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(_exporter(exporter)))
     trace.set_tracer_provider(provider)
+    global _enabled
+    _enabled = True
     return provider
 
 
