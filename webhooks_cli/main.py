@@ -1,7 +1,151 @@
-"""Entry point of the `webhooks` command."""
+"""Entry point of the `webhooks` command: the global options and the command tree.
+
+Exit codes a script can rely on:
+
+    0  success
+    1  partial failure (some events of `events publish --jsonl` rejected), or another error
+    2  usage error: a wrong or missing option or argument
+    3  not found (also another tenant's id)
+    4  unauthenticated or permission denied (no token, an unknown token, a missing scope)
+    5  invalid argument: the server refused the input; each wrong field is printed
+    6  unavailable: cannot connect, no answer within --timeout, or the server is overloaded
+    7  conflict: a stale --etag (FAILED_PRECONDITION), or ALREADY_EXISTS
+
+Errors go to stderr as one line, plus one line per wrong field; results go to stdout.
+"""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Annotated, Any
 
-app = typer.Typer(help="Manage subscriptions, publish events and follow deliveries.")
+import grpc
+import typer
+from typer.core import TyperGroup
+
+from webhooks_cli import deliveries, events, keys, subscriptions
+from webhooks_cli.connection import CliError, Settings, error_of
+from webhooks_cli.output import Output
+
+__all__ = ["app"]
+
+EXIT_CODES = "\n".join(
+    [
+        "Exit codes:",
+        "0 success",
+        "1 partial failure (some events of a --jsonl publish rejected), or another error",
+        "2 usage error",
+        "3 not found",
+        "4 unauthenticated or permission denied",
+        "5 invalid argument: the server refused the input (each wrong field is printed)",
+        "6 unavailable: cannot connect, deadline exceeded, server overloaded",
+        "7 conflict: stale etag (FAILED_PRECONDITION), already exists",
+    ]
+)
+
+
+class _Commands(TyperGroup):
+    """Ends every command's CliError the same way: its lines on stderr, its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # a typer._click.Context, a private module
+        try:
+            return super().invoke(ctx)
+        except CliError as error:
+            error.show()
+            raise typer.Exit(error.exit_code) from None
+        except grpc.RpcError as error:  # a call outside Client: still no traceback
+            failure = error_of(error, addr="the service")
+            failure.show()
+            raise typer.Exit(failure.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="Manage subscriptions, publish events and follow deliveries, over gRPC.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    # Locals may hold the token: never shown, even for a bug.
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(subscriptions.app, name="subscriptions")
+app.add_typer(events.app, name="events")
+app.add_typer(deliveries.app, name="deliveries")
+app.command(epilog=EXIT_CODES)(deliveries.redeliver)
+app.add_typer(keys.app, name="keys")
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    subscriptions_addr: Annotated[
+        str,
+        typer.Option(
+            envvar="WEBHOOKS_SUBSCRIPTIONS_ADDR", help="host:port of the subscription service."
+        ),
+    ] = "127.0.0.1:50051",
+    dispatcher_addr: Annotated[
+        str, typer.Option(envvar="WEBHOOKS_DISPATCHER_ADDR", help="host:port of the dispatcher.")
+    ] = "127.0.0.1:50052",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WEBHOOKS_TOKEN",
+            show_default=False,
+            help="Bearer token (visible to other users in the process list: prefer --token-file).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="WEBHOOKS_TOKEN_FILE", help="A file holding the bearer token."),
+    ] = None,
+    tenant: Annotated[
+        str,
+        typer.Option(
+            envvar="WEBHOOKS_TENANT",
+            help="The tenant to act for, with a token of every tenant (*).",
+        ),
+    ] = "",
+    output: Annotated[
+        Output,
+        typer.Option(
+            "--output",
+            "-o",
+            envvar="WEBHOOKS_OUTPUT",
+            help="table for people; json for scripts (one document on stdout).",
+        ),
+    ] = Output.TABLE,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, envvar="WEBHOOKS_TIMEOUT", help="Seconds each call (each batch) may take."
+        ),
+    ] = 10.0,
+) -> None:
+    """Operate the webhook platform: subscriptions, events, deliveries, signing keys."""
+    given_token, given_file = _token_source(ctx, token, token_file)
+    ctx.obj = Settings(
+        subscriptions_addr=subscriptions_addr,
+        dispatcher_addr=dispatcher_addr,
+        output=output,
+        timeout=timeout,
+        tenant=tenant,
+        token=given_token,
+        token_file=given_file,
+    )
+
+
+def _token_source(
+    ctx: typer.Context, token: str | None, token_file: Path | None
+) -> tuple[str | None, Path | None]:
+    """--token or --token-file: the command line before the environment, never both at once."""
+    if token is None or token_file is None:
+        return token, token_file
+    from_line = {
+        name
+        for name in ("token", "token_file")
+        if (source := ctx.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"
+    }
+    if len(from_line) == 1:
+        return (token, None) if "token" in from_line else (None, token_file)
+    where = "options" if from_line else "environment variables"
+    raise typer.BadParameter(f"give a token or a token file, not both (two {where})")

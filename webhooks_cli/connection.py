@@ -1,0 +1,230 @@
+"""Channels to the services, the bearer token, and gRPC errors as exit codes.
+
+Every call goes through `Client.call` (or `Client.stream`), so a failed call always ends
+the command the same way: one line on stderr (plus one line per wrong field) and the exit
+code of its status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar, cast
+
+import grpc
+import typer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from webhooks_cli.output import Output
+
+__all__ = [
+    "CliError",
+    "Client",
+    "ExitCode",
+    "Settings",
+    "collect_pages",
+    "error_of",
+    "field_violations",
+    "settings_of",
+]
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Item = TypeVar("Item")
+
+
+class ExitCode(enum.IntEnum):
+    """What a script can rely on; documented in `webhooks --help`."""
+
+    OK = 0
+    PARTIAL = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    DENIED = 4
+    INVALID = 5
+    UNAVAILABLE = 6
+    CONFLICT = 7
+
+
+_EXIT_CODES = {
+    grpc.StatusCode.NOT_FOUND: ExitCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED: ExitCode.DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: ExitCode.DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT: ExitCode.INVALID,
+    grpc.StatusCode.OUT_OF_RANGE: ExitCode.INVALID,
+    grpc.StatusCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ExitCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ExitCode.UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION: ExitCode.CONFLICT,
+    grpc.StatusCode.ALREADY_EXISTS: ExitCode.CONFLICT,
+    grpc.StatusCode.ABORTED: ExitCode.CONFLICT,
+}
+
+
+class CliError(Exception):
+    """A failure that ends the command: a one-line message, the wrong fields, an exit code."""
+
+    def __init__(
+        self,
+        message: str,
+        exit_code: ExitCode = ExitCode.PARTIAL,
+        violations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.violations = violations or []
+
+    def show(self) -> None:
+        sys.stderr.write(f"error: {_one_line(self.message)}\n")
+        for name, description in self.violations:
+            sys.stderr.write(f"  {name}: {_one_line(description)}\n")
+
+
+def error_of(error: grpc.RpcError, *, addr: str) -> CliError:
+    """The CliError of a failed call to the service at `addr`."""
+    call = _call_of(error)
+    code = call.code() if call else grpc.StatusCode.UNKNOWN
+    details = (call.details() if call else None) or code.name.lower()
+    exit_code = _EXIT_CODES.get(code, ExitCode.PARTIAL)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"cannot reach {addr}: {details} ({code.name})", exit_code)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CliError(f"{addr} did not answer in time: {details} ({code.name})", exit_code)
+    violations = field_violations(call) if call else []
+    if violations:
+        # The status message repeats the first violations; each is printed on its own line.
+        return CliError(f"the request was refused ({code.name})", exit_code, violations)
+    return CliError(f"{details} ({code.name})", exit_code)
+
+
+def _call_of(error: grpc.RpcError) -> grpc.Call | None:
+    # Errors of the sync API are also the call (code, details, trailers); the stubs miss that.
+    return cast(grpc.Call, error) if hasattr(error, "code") and hasattr(error, "details") else None
+
+
+def field_violations(call: grpc.Call) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest field violations a service attached to a failed call."""
+    try:
+        status = rpc_status.from_call(call)
+    except ValueError:  # details that contradict the status: ignore them
+        return []
+    if status is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found.extend((v.field, v.description) for v in bad_request.field_violations)
+    return found
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global options, resolved: where the services are and who is calling."""
+
+    subscriptions_addr: str
+    dispatcher_addr: str
+    output: Output
+    timeout: float
+    tenant: str = ""
+    # Exactly one of these, or neither; read only when a call is made, so --help always works.
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+
+    def bearer_token(self) -> str:
+        if self.token is not None:
+            token = self.token.strip()
+        elif self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                reason = getattr(error, "strerror", None) or type(error).__name__
+                raise CliError(
+                    f"cannot read the token file {self.token_file}: {reason}", ExitCode.USAGE
+                ) from None
+        else:
+            token = ""
+        if not token:
+            raise CliError(
+                "no token: give --token-file or --token (or WEBHOOKS_TOKEN_FILE, WEBHOOKS_TOKEN)",
+                ExitCode.DENIED,
+            )
+        return token
+
+
+class Client:
+    """One channel to one service, with the caller's token on every call."""
+
+    def __init__(self, settings: Settings, addr: str) -> None:
+        self.addr = addr
+        self.timeout = settings.timeout
+        self._metadata = (("authorization", f"Bearer {settings.bearer_token()}"),)
+        self.channel = grpc.insecure_channel(addr)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.channel.close()
+
+    def call(
+        self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request
+    ) -> Response:
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise error_of(error, addr=self.addr) from None
+
+    def stream(
+        self,
+        method: grpc.StreamStreamMultiCallable[Request, Response],
+        requests: Iterator[Request],
+        *,
+        timeout: float,
+    ) -> Iterator[Response]:
+        """The answers of a bidirectional stream; a failure raises CliError."""
+        try:
+            yield from method(requests, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            raise error_of(error, addr=self.addr) from None
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The global options, as the `webhooks` callback resolved them."""
+    settings = ctx.find_root().obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def collect_pages(
+    fetch: Callable[[str, int], tuple[Sequence[Item], str]], *, limit: int, page_size: int
+) -> list[Item]:
+    """Follows page tokens until the last page, or until `limit` items (0: no limit)."""
+    found: list[Item] = []
+    token = ""
+    seen: set[str] = set()
+    while True:
+        wanted = page_size if limit == 0 else min(page_size, limit - len(found))
+        items, token = fetch(token, wanted)
+        found.extend(items)
+        if limit and len(found) >= limit:
+            return found[:limit]
+        # A token seen before would page forever.
+        if not token or token in seen:
+            return found
+        seen.add(token)
