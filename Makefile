@@ -36,6 +36,13 @@ run: $(INSTALLED) protos
 test: $(INSTALLED) $(NODE_MODULES)
 	$(BIN)/pytest
 
+## Every benchmark under bench/: each prints our figure next to the raw limit of the same run.
+bench: $(INSTALLED)
+	$(BIN)/python bench/contracts_validation.py
+	$(BIN)/python bench/signing_rate.py
+	$(BIN)/python bench/http_post_rate.py --rounds 3
+	$(BIN)/python bench/dispatcher_rates.py --events 8000 --rounds 3
+
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

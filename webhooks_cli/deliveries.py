@@ -180,7 +180,8 @@ def redeliver(
     if settings.output is Output.JSON:
         print_json({"deliveryIds": list(answer.delivery_ids)})
         return
-    typer.echo(f"scheduled {len(answer.delivery_ids)} deliveries again")
+    count = len(answer.delivery_ids)
+    typer.echo(f"scheduled {count} {'delivery' if count == 1 else 'deliveries'} again")
     for delivery_id in answer.delivery_ids:
         typer.echo(f"  {delivery_id}")
 

@@ -87,7 +87,8 @@ def _publish_one(settings: Settings, text: str) -> None:
             {"messageId": result.message_id, "outcome": outcome, "deliveries": result.deliveries}
         )
     elif outcome == "accepted":
-        typer.echo(f"accepted {result.message_id} ({result.deliveries} deliveries)")
+        plural = "delivery" if result.deliveries == 1 else "deliveries"
+        typer.echo(f"accepted {result.message_id} ({result.deliveries} {plural})")
     else:
         typer.echo(f"{outcome} {result.message_id} (already published: not delivered again)")
 

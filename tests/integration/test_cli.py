@@ -354,7 +354,7 @@ async def test_publish_deliver_and_redeliver(
         cli("--tenant", "acme", "events", "publish", "-", token=tokens.platform,
             stdin=json.dumps(note)),
     )  # fmt: skip
-    assert from_file.expect(0).stdout.strip() == f"accepted {claim_id} (1 deliveries)"
+    assert from_file.expect(0).stdout.strip() == f"accepted {claim_id} (1 delivery)"
     assert from_example.expect(0).stdout.startswith(f"accepted {example['payload']['messageId']}")
     assert from_operator.expect(0).stdout.startswith(f"accepted {note['messageId']}")
     arrived = await receiver.wait_for(2, path="/ok")
@@ -400,7 +400,7 @@ async def test_publish_deliver_and_redeliver(
     )
     assert one.expect(0).json() == {"deliveryIds": [claim_delivery["id"]]}
     assert failures.expect(0).stdout.splitlines() == [
-        "scheduled 1 deliveries again",
+        "scheduled 1 delivery again",
         f"  {dead_id}",
     ]
     second = await receiver.wait_for(3, path="/ok")
