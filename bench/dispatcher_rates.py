@@ -198,6 +198,7 @@ class Setup:
             **os.environ,
             "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
             "DISPATCHER_HTTP_ADDR": "127.0.0.1:0",
+            "DISPATCHER_METRICS_ADDR": "127.0.0.1:0",
             "DISPATCHER_DATABASE_URL": self.database_url,
             "DISPATCHER_AUTH_TOKENS_FILE": str(self.directory / "tokens.json"),
             "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{self.subscriptions.port}",
@@ -223,6 +224,7 @@ async def new_setup(directory: Path, url: str) -> Setup:
             grpc_addr="127.0.0.1:0",
             database_url=f"sqlite:///{directory / 'subscriptions.db'}",
             auth_tokens_file=tokens,
+            metrics_addr="127.0.0.1:0",
         )
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscriptions.port}") as channel:
