@@ -6,7 +6,6 @@ are read from the database when the metrics are scraped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -15,11 +14,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dispatcher_service.domain import QueueStats
-from service_common.errors import StoreUnavailable
+from service_common.metrics import read_database
 
 __all__ = ["DispatcherMetrics", "QueueCollector"]
 
-log = logging.getLogger(__name__)
 _ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -31,7 +29,8 @@ class DispatcherMetrics:
         self.events = Counter(
             "webhooks_events",
             "Published events by outcome: accepted (stored), duplicate (stored before), "
-            "rejected (refused, with the field named).",
+            "rejected (refused, with the field named), throttled (over the tenant's "
+            "publish rate; nothing stored).",
             ("outcome",),
             registry=self.registry,
         )
@@ -57,7 +56,7 @@ class DispatcherMetrics:
             ("reason",),
             registry=self.registry,
         )
-        for outcome in ("accepted", "duplicate", "rejected"):
+        for outcome in ("accepted", "duplicate", "rejected", "throttled"):
             self.events.labels(outcome)
         for outcome in ("succeeded", "retrying", "dead"):
             self.deliveries.labels(outcome)
@@ -87,20 +86,10 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self._clock()
-        up = GaugeMetricFamily(
-            "webhooks_database_up", "1 when the last scrape could read the delivery queue."
-        )
-        try:
-            stats = self._stats(now)
-        except Exception as error:
-            # A scrape must answer even then: with the database marked down.
-            if not isinstance(error, StoreUnavailable):
-                log.exception("could not read the database for metrics")
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up, stats = read_database(lambda: self._stats(now), "the delivery queue")
         yield up
+        if stats is None:
+            return
         depth = GaugeMetricFamily(
             "webhooks_delivery_queue_depth",
             "Deliveries waiting for an attempt (now or later), by state.",

@@ -12,12 +12,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-__all__ = ["MAX_MESSAGE_BYTES", "HealthServicer", "add_health_and_reflection", "new_server"]
+from service_common.tls import ServerTls
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "HealthServicer",
+    "add_health_and_reflection",
+    "add_port",
+    "new_server",
+]
 
 HealthServicer = Any
 
 # Large enough for a batch of events, small enough that one caller cannot exhaust memory.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Request metadata (headers) of one call: a bearer token and tracing headers fit many times.
+MAX_METADATA_BYTES = 16 * 1024
 
 
 def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
@@ -26,9 +36,23 @@ def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Soft and hard limit alike, so that past it every call is refused, not some.
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
+
+
+def add_port(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> int:
+    """Listens on `addr` (TLS only when `tls` is given); the bound port, OSError if none."""
+    if tls is None:
+        port = server.add_insecure_port(addr)
+    else:
+        port = server.add_secure_port(addr, tls.grpc_credentials())
+    if port == 0:
+        raise OSError(f"cannot listen on {addr}")
+    return port
 
 
 async def add_health_and_reflection(

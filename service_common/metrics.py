@@ -1,24 +1,34 @@
 """Prometheus metrics both services share: per-RPC counts and latency, and the endpoint.
 
 Each running service has a registry of its own (several may share a process in tests);
-`serve_metrics` exposes it at `http://<addr>/metrics`. The RPC metrics have the names
-and labels of go-grpc-prometheus, so existing dashboards work unchanged.
+`serve_metrics` exposes it at `http://<addr>/metrics` (https with TLS settings). The RPC
+metrics have the names and labels of go-grpc-prometheus, so existing dashboards work
+unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
-__all__ = ["GrpcServerMetrics", "MetricsEndpoint", "serve_metrics"]
+from service_common.errors import StoreUnavailable
+from service_common.tls import ServerTls
 
+__all__ = ["GrpcServerMetrics", "MetricsEndpoint", "read_database", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:  # generic only in the type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -132,6 +142,22 @@ def _status(context: Context, otherwise: grpc.StatusCode) -> grpc.StatusCode:
     return otherwise
 
 
+def read_database(read: Callable[[], T], what: str) -> tuple[GaugeMetricFamily, T | None]:
+    """For a collector reading the database at scrape time: `webhooks_database_up` and
+    what `read` returned, or None when the database could not be read. A scrape must
+    answer even then, with the database marked down."""
+    up = GaugeMetricFamily("webhooks_database_up", f"1 when the last scrape could read {what}.")
+    try:
+        value = read()
+    except Exception as error:
+        if not isinstance(error, StoreUnavailable):
+            log.exception("could not read the database for metrics")
+        up.add_metric([], 0)
+        return up, None
+    up.add_metric([], 1)
+    return up, value
+
+
 @dataclass
 class MetricsEndpoint:
     """A running `/metrics` endpoint; `port` is the one bound (useful with port 0)."""
@@ -143,15 +169,48 @@ class MetricsEndpoint:
         return None if self.server is None else self.server.server_port
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        """Stops serving, without waiting: the server notices within its poll interval
+        (half a second), which a service stopping, or a test, need not sit through."""
+        server = self.server
+        if server is None:
+            return
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+        threading.Thread(target=stop, name="stop metrics endpoint", daemon=True).start()
 
 
-def serve_metrics(registry: CollectorRegistry, addr: str) -> MetricsEndpoint:
-    """Serves `registry` on `addr` (host:port) in a thread; an empty `addr` serves nothing."""
+def serve_metrics(
+    registry: CollectorRegistry, addr: str, tls: ServerTls | None = None
+) -> MetricsEndpoint:
+    """Serves `registry` on `addr` (host:port) in a thread; an empty `addr` serves nothing.
+
+    With `tls` the endpoint serves HTTPS only (TLS 1.2 or later), and under mutual TLS
+    refuses scrapers without a certificate of the client CA.
+    """
     if not addr:
         return MetricsEndpoint(None)
     host, _, port = addr.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    if tls is None:
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        return MetricsEndpoint(server)
+    server, _thread = start_http_server(
+        int(port),
+        addr=host.strip("[]"),
+        registry=registry,
+        certfile=str(tls.cert_file),
+        keyfile=str(tls.key_file),
+        client_cafile=str(tls.client_ca_file) if tls.client_ca_file is not None else None,
+        client_auth_required=tls.mutual,
+        tls_min_version=ssl.TLSVersion.TLSv1_2,
+    )
+    # prometheus_client handshakes in its accept loop, where one client that connects and
+    # sends nothing would stall every scrape. Left to the first read, the handshake happens in
+    # that request's own thread instead; its failures (plaintext, an unknown client
+    # certificate) were dropped silently by the accept loop and are here too.
+    # An attribute of every SSLSocket, read by its accept(), that the type stubs omit.
+    cast(ssl.SSLSocket, server.socket).do_handshake_on_connect = False  # type: ignore[attr-defined]
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
     return MetricsEndpoint(server)

@@ -25,3 +25,8 @@ class ServiceSettings(BaseSettings):
     metrics_addr: str = ""
     # Where finished spans go: none (tracing off), otlp (`OTEL_EXPORTER_OTLP_*`), console.
     tracing_exporter: Literal["none", "otlp", "console"] = "none"
+    # PEM certificate chain and private key: with both, the service serves TLS only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # With TLS on: clients must present a certificate signed by this CA (mutual TLS).
+    tls_client_ca_file: Path | None = None

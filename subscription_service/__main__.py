@@ -24,8 +24,8 @@ def main() -> int:
     tracing = configure_tracing(settings.tracing_exporter, service_name="subscription-service")
     try:
         asyncio.run(serve(settings))
-    except TokensFileError as exc:
-        print(str(exc), file=sys.stderr)
+    except (TokensFileError, OSError, ValueError) as exc:
+        print(f"subscription service cannot start: {exc}", file=sys.stderr)
         return 2
     finally:
         if tracing is not None:

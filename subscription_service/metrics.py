@@ -3,17 +3,14 @@ read from the database when scraped (per-RPC metrics come from `service_common.m
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service_common.errors import StoreUnavailable
+from service_common.metrics import read_database
 
 __all__ = ["SubscriptionCollector"]
-
-log = logging.getLogger(__name__)
 
 
 class SubscriptionCollector(Collector):
@@ -21,20 +18,10 @@ class SubscriptionCollector(Collector):
         self._count_by_enabled = count_by_enabled
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "webhooks_database_up", "1 when the last scrape could read the subscriptions."
-        )
-        try:
-            counts = self._count_by_enabled()
-        except Exception as error:
-            # A scrape must answer even then: with the database marked down.
-            if not isinstance(error, StoreUnavailable):
-                log.exception("could not read the database for metrics")
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
+        up, counts = read_database(self._count_by_enabled, "the subscriptions")
         yield up
+        if counts is None:
+            return
         subscriptions = GaugeMetricFamily(
             "webhooks_subscriptions",
             "Subscriptions of every tenant, by whether they are enabled.",

@@ -12,9 +12,15 @@ from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
 from service_common.grpc_requests import add_servicer
-from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from service_common.grpc_server import (
+    HealthServicer,
+    add_health_and_reflection,
+    add_port,
+    new_server,
+)
 from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
+from service_common.tls import server_tls_of
 from service_common.tracing import server_interceptors
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
@@ -57,7 +63,12 @@ class RunningServer:
 
 
 async def create_server(settings: SubscriptionSettings) -> RunningServer:
-    """Migrates the database, then starts the server on `settings.grpc_addr`."""
+    """Migrates the database, then starts the server on `settings.grpc_addr`.
+
+    With `tls_cert_file` and `tls_key_file` it serves TLS only (gRPC and metrics); a TLS
+    setting that is incomplete or names a bad file raises TlsConfigError before anything.
+    """
+    tls = server_tls_of(settings)
     tokens = (
         TokenStore.from_file(settings.auth_tokens_file)
         if settings.auth_tokens_file
@@ -85,9 +96,7 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
         pb.DESCRIPTOR.services_by_name["SubscriptionService"],
     )
     health_servicer = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
-    port = server.add_insecure_port(settings.grpc_addr)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.grpc_addr}")
+    port = add_port(server, settings.grpc_addr, tls)
     await server.start()
     return RunningServer(
         server=server,
@@ -95,7 +104,7 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
         hub=hub,
         health=health_servicer,
         engine=engine,
-        metrics=serve_metrics(registry, settings.metrics_addr),
+        metrics=serve_metrics(registry, settings.metrics_addr, tls),
     )
 
 
@@ -103,11 +112,19 @@ async def serve(settings: SubscriptionSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops gracefully."""
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
-    log.info("subscription service listening on %s:%d", host, running.port)
+    tls = settings.tls_cert_file is not None
+    mutual = " (mutual TLS)" if tls and settings.tls_client_ca_file is not None else ""
+    log.info(
+        "subscription service listening on %s:%d%s",
+        host,
+        running.port,
+        (" with TLS" + mutual) if tls else "",
+    )
     if running.metrics_port is not None:
         metrics_host = settings.metrics_addr.rpartition(":")[0]
         log.info(
-            "subscription service metrics on http://%s:%d/metrics",
+            "subscription service metrics on %s://%s:%d/metrics",
+            "https" if tls else "http",
             metrics_host,
             running.metrics_port,
         )

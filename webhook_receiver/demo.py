@@ -21,6 +21,8 @@ Settings come from the environment:
 - ``DEMO_RECEIVER_ADDR`` (``127.0.0.1:8090``): host:port to listen on; port 0 picks a free
   port, which the ``listening`` log line names;
 - ``DEMO_RECEIVER_DISPATCHER_URL`` (``http://127.0.0.1:8080``): the dispatcher's HTTP surface;
+- ``DEMO_RECEIVER_DISPATCHER_CA_FILE`` (none): PEM CA certificate(s) that an ``https://``
+  dispatcher URL is checked against, instead of the system's;
 - ``DEMO_RECEIVER_KEEP_RECEIVED`` (``100``): how many accepted events ``GET /received`` keeps;
 - ``DEMO_RECEIVER_LOG_LEVEL`` (``INFO``).
 """
@@ -33,10 +35,12 @@ import json
 import logging
 import re
 import signal
+import ssl
 import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -71,6 +75,9 @@ class DemoReceiverSettings(BaseSettings):
     addr: str = "127.0.0.1:8090"
     # The dispatcher's HTTP surface, where the public signing keys are fetched.
     dispatcher_url: str = "http://127.0.0.1:8080"
+    # PEM CA that the dispatcher's certificate is checked against (https:// URLs); none:
+    # the system's CAs.
+    dispatcher_ca_file: Path | None = None
     # Accepted events that `GET /received` lists, the newest ones.
     keep_received: int = Field(default=100, ge=1, le=10_000)
     log_level: str = "INFO"
@@ -276,7 +283,14 @@ async def serve(settings: DemoReceiverSettings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     host, port = split_address(settings.addr)
-    async with aiohttp.ClientSession(trust_env=False) as session:
+    # Made before anything listens: an unreadable or invalid CA file stops the start.
+    context = (
+        ssl.create_default_context(cafile=settings.dispatcher_ca_file)
+        if settings.dispatcher_ca_file is not None
+        else None
+    )
+    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
+    async with aiohttp.ClientSession(trust_env=False, connector=connector) as session:
         receiver = DemoReceiver(
             PublicKeys(settings.dispatcher_url, session), keep_received=settings.keep_received
         )

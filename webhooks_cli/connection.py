@@ -20,6 +20,7 @@ import typer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from service_common.tls import TlsConfigError, client_tls
 from webhooks_cli.output import Output
 
 __all__ = [
@@ -86,13 +87,38 @@ class CliError(Exception):
             sys.stderr.write(f"  {name}: {_one_line(description)}\n")
 
 
-def error_of(error: grpc.RpcError, *, addr: str) -> CliError:
-    """The CliError of a failed call to the service at `addr`."""
+# How gRPC words a failed TLS handshake in the status details (its words vary by version).
+_HANDSHAKE_FAILED = ("handshake failed", "certificate_verify_failed", "tsi_protocol_failure")
+
+
+def error_of(error: grpc.RpcError, *, addr: str, tls: bool = False) -> CliError:
+    """The CliError of a failed call to the service at `addr` (over TLS when `tls`)."""
     call = _call_of(error)
     code = call.code() if call else grpc.StatusCode.UNKNOWN
     details = (call.details() if call else None) or code.name.lower()
     exit_code = _EXIT_CODES.get(code, ExitCode.PARTIAL)
     if code is grpc.StatusCode.UNAVAILABLE:
+        if tls and "WRONG_VERSION_NUMBER" in details:
+            return CliError(
+                f"TLS handshake with {addr} failed: it does not speak TLS there "
+                f"(WRONG_VERSION_NUMBER)",
+                exit_code,
+            )
+        if tls and any(words in details.lower() for words in _HANDSHAKE_FAILED):
+            return CliError(
+                f"TLS handshake with {addr} failed: its certificate is not signed by the CA "
+                f"of --ca-file, or is not for this host ({_reason(details)})",
+                exit_code,
+            )
+        if tls and "socket closed" in details.lower():
+            # Under mutual TLS the server closes the connection on a refused client
+            # certificate, so the client learns nothing more specific than this.
+            return CliError(
+                f"cannot reach {addr} over TLS: the server closed the connection during the "
+                "handshake; it may require a client certificate (--cert-file, --key-file) "
+                f"signed by a CA it trusts ({code.name})",
+                exit_code,
+            )
         return CliError(f"cannot reach {addr}: {details} ({code.name})", exit_code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"{addr} did not answer in time: {details} ({code.name})", exit_code)
@@ -101,6 +127,15 @@ def error_of(error: grpc.RpcError, *, addr: str) -> CliError:
         # The status message repeats the first violations; each is printed on its own line.
         return CliError(f"the request was refused ({code.name})", exit_code, violations)
     return CliError(f"{details} ({code.name})", exit_code)
+
+
+def _reason(details: str) -> str:
+    # The last words of gRPC's details name the OpenSSL reason, the part a person can act on.
+    marker = "CERTIFICATE_VERIFY_FAILED"
+    if marker not in details:
+        return details
+    words = details[details.index(marker) :].split(":")
+    return f"{marker}: {words[1].strip()}" if len(words) > 1 else marker
 
 
 def _call_of(error: grpc.RpcError) -> grpc.Call | None:
@@ -140,6 +175,23 @@ class Settings:
     # Exactly one of these, or neither; read only when a call is made, so --help always works.
     token: str | None = field(default=None, repr=False)
     token_file: Path | None = None
+    # TLS when ca_file is set; cert_file and key_file add a client certificate (mutual TLS).
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """The TLS credentials of --ca-file (with --cert-file, --key-file); None: plaintext."""
+        try:
+            tls = client_tls(
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+                names=("--ca-file", "--cert-file", "--key-file"),
+            )
+        except TlsConfigError as error:
+            raise CliError(str(error), ExitCode.USAGE) from None
+        return tls.grpc_credentials() if tls is not None else None
 
     def bearer_token(self) -> str:
         if self.token is not None:
@@ -169,7 +221,13 @@ class Client:
         self.addr = addr
         self.timeout = settings.timeout
         self._metadata = (("authorization", f"Bearer {settings.bearer_token()}"),)
-        self.channel = grpc.insecure_channel(addr)
+        credentials = settings.channel_credentials()
+        self.tls = credentials is not None
+        self.channel = (
+            grpc.insecure_channel(addr)
+            if credentials is None
+            else grpc.secure_channel(addr, credentials)
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -188,7 +246,7 @@ class Client:
         try:
             return method(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise error_of(error, addr=self.addr) from None
+            raise error_of(error, addr=self.addr, tls=self.tls) from None
 
     def stream(
         self,
@@ -201,7 +259,7 @@ class Client:
         try:
             yield from method(requests, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as error:
-            raise error_of(error, addr=self.addr) from None
+            raise error_of(error, addr=self.addr, tls=self.tls) from None
 
 
 def settings_of(ctx: typer.Context) -> Settings:

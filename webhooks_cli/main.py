@@ -8,7 +8,8 @@ Exit codes a script can rely on:
     3  not found (also another tenant's id)
     4  unauthenticated or permission denied (no token, an unknown token, a missing scope)
     5  invalid argument: the server refused the input; each wrong field is printed
-    6  unavailable: cannot connect, no answer within --timeout, or the server is overloaded
+    6  unavailable: cannot connect (also a failed TLS handshake), no answer within --timeout,
+       or the server is overloaded
     7  conflict: a stale --etag (FAILED_PRECONDITION), or ALREADY_EXISTS
 
 Errors go to stderr as one line, plus one line per wrong field; results go to stdout.
@@ -16,8 +17,13 @@ Errors go to stderr as one line, plus one line per wrong field; results go to st
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
+
+# gRPC's C core reports a failed TLS handshake on stderr by itself; the command says it once,
+# in its own words. Read when grpc is first imported, hence here; a GRPC_VERBOSITY given wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 import typer
@@ -38,7 +44,8 @@ EXIT_CODES = "\n".join(
         "3 not found",
         "4 unauthenticated or permission denied",
         "5 invalid argument: the server refused the input (each wrong field is printed)",
-        "6 unavailable: cannot connect, deadline exceeded, server overloaded",
+        "6 unavailable: cannot connect (also a failed TLS handshake), deadline exceeded, "
+        "server overloaded",
         "7 conflict: stale etag (FAILED_PRECONDITION), already exists",
     ]
 )
@@ -120,6 +127,25 @@ def options(
             min=0.1, envvar="WEBHOOKS_TIMEOUT", help="Seconds each call (each batch) may take."
         ),
     ] = 10.0,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="WEBHOOKS_TLS_CA_FILE",
+            help="PEM CA certificate(s) the services' certificates are checked against; "
+            "given, every call goes over TLS.",
+        ),
+    ] = None,
+    cert_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="WEBHOOKS_TLS_CERT_FILE",
+            help="PEM client certificate, for services that require mutual TLS.",
+        ),
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="WEBHOOKS_TLS_KEY_FILE", help="PEM private key of --cert-file."),
+    ] = None,
 ) -> None:
     """Operate the webhook platform: subscriptions, events, deliveries, signing keys."""
     given_token, given_file = _token_source(ctx, token, token_file)
@@ -131,6 +157,9 @@ def options(
         tenant=tenant,
         token=given_token,
         token_file=given_file,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
     )
 
 
