@@ -14,12 +14,16 @@ their JSON names (`messageId`, `details.amount`).
 
 from __future__ import annotations
 
+import logging
+import ssl
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from dispatcher_service.domain import IngestOutcome
 from dispatcher_service.ingest import EventUser, IncomingEvent, Ingestor, Rejected
@@ -30,11 +34,26 @@ from service_common.http_errors import problem_middleware
 from webhook_contracts import Registry, UnknownMessageType, build_openapi, dotted
 from webhook_receiver import MalformedWebhook, parse_json
 
-__all__ = ["MAX_BODY_BYTES", "HttpSite", "create_app", "incoming_event", "start_site"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEADER_FIELD_BYTES",
+    "MAX_REQUEST_LINE_BYTES",
+    "HttpSite",
+    "create_app",
+    "incoming_event",
+    "start_site",
+]
 
 # A whole event body: the details may be 64 KiB of JSON (ingest.MAX_DETAILS_BYTES), written
 # with whitespace or escapes that make the body larger than the details it carries.
 MAX_BODY_BYTES = 256 * 1024
+# The request line (method, path and query), each header's value, and the number of headers.
+# aiohttp refuses a request past any of them before a handler runs, with a plain-text 400
+# (it sends neither 414 nor 431).
+MAX_REQUEST_LINE_BYTES = 8 * 1024
+MAX_HEADER_FIELD_BYTES = 8 * 1024
+MAX_HEADERS = 100
 JSON = "application/json"
 _BODY_FIELDS = ("details", "messageId", "timestamp", "user")
 _USER_FIELDS = {"id": "id", "poolId": "pool_id", "originator": "originator"}
@@ -56,13 +75,35 @@ def create_app(
     *, ingestor: Ingestor, keys: PublicKeys, tokens: TokenStore, registry: Registry
 ) -> web.Application:
     routes = _Routes(ingestor=ingestor, keys=keys, tokens=tokens, registry=registry)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[problem_middleware])
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[problem_middleware],
+        handler_args={
+            "max_line_size": MAX_REQUEST_LINE_BYTES,
+            "max_field_size": MAX_HEADER_FIELD_BYTES,
+            "max_headers": MAX_HEADERS,
+            "logger": _ParserErrorLog(logging.getLogger("aiohttp.server"), {}),
+        },
+    )
     app.router.add_post("/v1/events", routes.publish_event)
     app.router.add_get("/v1/contracts/{message_type}", routes.get_contract, allow_head=False)
     app.router.add_get("/openapi.json", routes.get_openapi, allow_head=False)
     app.router.add_get("/.well-known/jwks.json", routes.get_jwks, allow_head=False)
     app.router.add_get("/v1/signing-keys/{key_id}.pem", routes.get_signing_key, allow_head=False)
     return app
+
+
+class _ParserErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp logs a request it cannot parse with a traceback quoting the offending line,
+    which may be an `Authorization` header: such refusals are logged by kind only."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, BadHttpMessage):
+            what = str(msg) % args if args else str(msg)
+            self.logger.info("%s: refused, %s (%d)", what, type(error).__name__, error.code)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 class HttpSite:
@@ -76,14 +117,23 @@ class HttpSite:
         await self._runner.cleanup()
 
 
-async def start_site(app: web.Application, addr: str, *, shutdown_timeout: float) -> HttpSite:
-    """Serves `app` on `addr` (host:port, [v6]:port; port 0 picks a free one)."""
+async def start_site(
+    app: web.Application,
+    addr: str,
+    *,
+    shutdown_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> HttpSite:
+    """Serves `app` on `addr` (host:port, [v6]:port; port 0 picks a free one).
+
+    With `ssl_context` it serves HTTPS only.
+    """
     host, _, port = addr.rpartition(":")
     # No access log, as for the gRPC API; requests in flight get `shutdown_timeout` at stop.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host.strip("[]") or None, int(port))
+        site = web.TCPSite(runner, host.strip("[]") or None, int(port), ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()

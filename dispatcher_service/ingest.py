@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ import orjson
 
 from dispatcher_service.domain import IngestOutcome, PreparedEvent, Target
 from dispatcher_service.metrics import DispatcherMetrics
+from dispatcher_service.rate_limit import TenantRateLimiter
 from dispatcher_service.store import DeliveryStore
 from service_common.auth import Caller, Scope
 from service_common.errors import (
     FieldViolation,
     InvalidArgument,
+    ResourceExhausted,
     StoreUnavailable,
     WebhooksError,
 )
@@ -35,6 +38,8 @@ from webhook_receiver import payload_as_string
 __all__ = [
     "MAX_BATCH_EVENTS",
     "MAX_DETAILS_BYTES",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MAX_USER_FIELD_LENGTH",
     "EventUser",
     "IncomingEvent",
     "Ingestor",
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH_EVENTS = 500
 MAX_DETAILS_BYTES = 64 * 1024
 MAX_MESSAGE_ID_LENGTH = 200
+# Each of user.id, user.pool_id and user.originator; the contracts leave them unbounded.
+MAX_USER_FIELD_LENGTH = 1024
 _PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
 # Contract paths are dotted from the webhook body; publishers know the gRPC field names.
 _FIELD_NAMES = {
@@ -112,7 +119,9 @@ class Ingestor:
         clock: Callable[[], datetime] = _utc_now,
         on_stored: Callable[[], None] = lambda: None,
         metrics: DispatcherMetrics | None = None,
+        limiter: TenantRateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._writer = _GroupCommit(store)
         self._metrics = metrics or DispatcherMetrics()
         self._registry = registry
@@ -133,12 +142,29 @@ class Ingestor:
         now_text = _iso_millis(now)
         checked = [self._prepare(caller, event, now_text=now_text) for event in events]
         good = [item for item in checked if isinstance(item, PreparedEvent)]
+        if good and self._limiter is not None:
+            self._take_rate(self._limiter, good)
         stored = iter(await self._writer.ingest(good, now=now) if good else [])
         if good:
             self._on_stored()
         results = [item if isinstance(item, Rejected) else next(stored) for item in checked]
         self._count(results)
         return results
+
+    def _take_rate(self, limiter: TenantRateLimiter, events: Sequence[PreparedEvent]) -> None:
+        """Charges the events about to be stored to their tenants, or refuses them all."""
+        counts = collections.Counter(event.tenant for event in events)
+        wait = limiter.acquire(counts)
+        if wait is None:
+            return
+        self._metrics.events.labels("throttled").inc(len(events))
+        raise ResourceExhausted(
+            f"over the publish rate of {limiter.rate:g} events/s per tenant "
+            f"(burst {limiter.burst}); nothing of this request was stored; "
+            # Rounded up: waiting the time shown is always enough.
+            f"retry in {math.ceil(wait * 1000) / 1000:.3f} s",
+            retry_after=wait,
+        )
 
     def _count(self, results: Sequence[IngestOutcome | Rejected]) -> None:
         duplicates = rejected = 0
@@ -196,6 +222,7 @@ class Ingestor:
             "timestamp": now_text if event.timestamp is None else _iso_millis(event.timestamp),
         }
         if event.user is not None:
+            _check_user(event.user)
             payload["user"] = {
                 "id": event.user.id,
                 "poolId": event.user.pool_id,
@@ -244,13 +271,24 @@ class _GroupCommit:
                 count += len(self._waiting[0].events)
                 group.append(self._waiting.popleft())
             events = [event for waiting in group for event in waiting.events]
+            # A failed write is never acknowledged: every caller of the group is refused
+            # with UNAVAILABLE and sends its batch again (told DUPLICATE for whatever a
+            # commit whose answer was lost did store).
             try:
                 outcomes = await asyncio.to_thread(self._store.ingest, events, now=group[0].now)
-            except Exception as error:  # every caller of the group gets the store's error
-                for waiting in group:
-                    if not waiting.outcomes.done():
-                        waiting.outcomes.set_exception(error)
+            except StoreUnavailable as error:
+                _fail(group, error)
                 continue
+            except Exception:
+                log.exception("storing %d events failed", len(events))
+                _fail(group, StoreUnavailable("the events could not be stored; retry"))
+                continue
+            except BaseException:
+                # Cancelled (shutting down): whether the commit happened or not, no caller
+                # may be left waiting; one that retries is told DUPLICATE if it did.
+                _fail([*group, *self._waiting], StoreUnavailable("shutting down; retry"))
+                self._waiting.clear()
+                raise
             start = 0
             for waiting in group:
                 end = start + len(waiting.events)
@@ -266,6 +304,12 @@ class _Waiting:
     outcomes: asyncio.Future[list[IngestOutcome]]
 
 
+def _fail(group: Sequence[_Waiting], error: StoreUnavailable) -> None:
+    for waiting in group:
+        if not waiting.outcomes.done():  # its caller may have gone
+            waiting.outcomes.set_exception(error)
+
+
 def _check_message_id(message_id: str) -> None:
     if not message_id:
         raise InvalidArgument.of("message_id", "required")
@@ -274,6 +318,17 @@ def _check_message_id(message_id: str) -> None:
             "message_id",
             f"at most {MAX_MESSAGE_ID_LENGTH} printable ASCII characters without spaces",
         )
+
+
+def _check_user(user: EventUser) -> None:
+    fields = {"user.id": user.id, "user.pool_id": user.pool_id, "user.originator": user.originator}
+    violations = [
+        FieldViolation(name, f"at most {MAX_USER_FIELD_LENGTH} characters")
+        for name, value in fields.items()
+        if len(value) > MAX_USER_FIELD_LENGTH
+    ]
+    if violations:
+        raise InvalidArgument(violations)
 
 
 def _details(event: IncomingEvent) -> dict[str, object]:

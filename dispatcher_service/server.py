@@ -19,6 +19,7 @@ from dispatcher_service.http_api import HttpSite, create_app, start_site
 from dispatcher_service.http_sender import HttpSender, Timeouts
 from dispatcher_service.ingest import Ingestor
 from dispatcher_service.metrics import DispatcherMetrics, QueueCollector
+from dispatcher_service.rate_limit import TenantRateLimiter
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
 from dispatcher_service.servicer import DispatcherServicer
 from dispatcher_service.settings import DispatcherSettings
@@ -29,9 +30,15 @@ from dispatcher_service.subscription_follower import SubscriptionFollower
 from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
 from service_common.auth import TokenStore
 from service_common.grpc_requests import add_servicer
-from service_common.grpc_server import HealthServicer, add_health_and_reflection, new_server
+from service_common.grpc_server import (
+    HealthServicer,
+    add_health_and_reflection,
+    add_port,
+    new_server,
+)
 from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
+from service_common.tls import ClientTls, client_tls, server_tls_of
 from service_common.tracing import client_interceptors, server_interceptors
 from webhook_contracts import load_registry
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -91,6 +98,19 @@ def _platform_token(settings: DispatcherSettings) -> str:
     return Path(settings.subscriptions_token_file).read_text().strip()
 
 
+def _subscriptions_tls(settings: DispatcherSettings) -> ClientTls | None:
+    return client_tls(
+        ca_file=settings.subscriptions_tls_ca_file,
+        cert_file=settings.subscriptions_tls_cert_file,
+        key_file=settings.subscriptions_tls_key_file,
+        names=(
+            "DISPATCHER_SUBSCRIPTIONS_TLS_CA_FILE",
+            "DISPATCHER_SUBSCRIPTIONS_TLS_CERT_FILE",
+            "DISPATCHER_SUBSCRIPTIONS_TLS_KEY_FILE",
+        ),
+    )
+
+
 def _disabler(channel: grpc.aio.Channel, token: str) -> Disabler:
     stub = SubscriptionServiceAsyncStub(channel)
     metadata = (("authorization", f"Bearer {token}"),)
@@ -112,7 +132,15 @@ def _disabler(channel: grpc.aio.Channel, token: str) -> Disabler:
 
 
 async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
-    """Migrates, loads keys and contracts, follows subscriptions, starts serving and delivering."""
+    """Migrates, loads keys and contracts, follows subscriptions, starts serving and delivering.
+
+    With `tls_cert_file` and `tls_key_file` it serves TLS only (gRPC, HTTP, metrics); with
+    `subscriptions_tls_ca_file` it speaks TLS to the subscription service. A TLS setting that
+    is incomplete or names a bad file raises TlsConfigError before anything starts.
+    """
+    tls = server_tls_of(settings)
+    upstream_tls = _subscriptions_tls(settings)
+    upstream_credentials = upstream_tls.grpc_credentials() if upstream_tls is not None else None
     tokens = (
         TokenStore.from_file(settings.auth_tokens_file)
         if settings.auth_tokens_file
@@ -133,11 +161,18 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     store = DeliveryStore(engine)
     metrics = DispatcherMetrics()
     metrics.registry.register(QueueCollector(lambda now: store.queue_stats(now=now)))
-    follower = SubscriptionFollower(settings.subscriptions_addr, platform_token)
+    follower = SubscriptionFollower(
+        settings.subscriptions_addr, platform_token, credentials=upstream_credentials
+    )
     follower.start()
     # A channel of its own for the few calls that disable failing subscriptions.
-    channel = grpc.aio.insecure_channel(
-        settings.subscriptions_addr, interceptors=client_interceptors(settings.tracing_exporter)
+    interceptors = client_interceptors(settings.tracing_exporter)
+    channel = (
+        grpc.aio.insecure_channel(settings.subscriptions_addr, interceptors=interceptors)
+        if upstream_credentials is None
+        else grpc.aio.secure_channel(
+            settings.subscriptions_addr, upstream_credentials, interceptors=interceptors
+        )
     )
     sender = HttpSender(
         policy=TargetPolicy(allowed_networks=settings.allowed_target_networks),
@@ -165,14 +200,27 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         ),
         limits=WorkerLimits(
             max_in_flight=settings.max_concurrent_deliveries,
+            per_endpoint=settings.max_concurrent_per_endpoint,
             poll_interval=settings.poll_interval_seconds,
             lease=timedelta(seconds=settings.lease_seconds),
         ),
         user_agent=USER_AGENT,
         metrics=metrics,
     )
+    limiter = (
+        TenantRateLimiter(
+            rate=settings.publish_rate_per_tenant, burst=settings.publish_burst_per_tenant
+        )
+        if settings.publish_rate_per_tenant > 0
+        else None
+    )
     ingestor = Ingestor(
-        store=store, registry=registry, routes=follower, on_stored=worker.wake, metrics=metrics
+        store=store,
+        registry=registry,
+        routes=follower,
+        on_stored=worker.wake,
+        metrics=metrics,
+        limiter=limiter,
     )
     server = new_server(
         interceptors=[
@@ -191,16 +239,15 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         pb.DESCRIPTOR.services_by_name["DispatcherService"],
     )
     health = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
-    port = server.add_insecure_port(settings.grpc_addr)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.grpc_addr}")
+    port = add_port(server, settings.grpc_addr, tls)
     http = await start_site(
         create_app(ingestor=ingestor, keys=keys, tokens=tokens, registry=registry),
         settings.http_addr,
         shutdown_timeout=settings.shutdown_grace_seconds,
+        ssl_context=tls.ssl_context() if tls is not None else None,
     )
     await server.start()
-    metrics_endpoint = serve_metrics(metrics.registry, settings.metrics_addr)
+    metrics_endpoint = serve_metrics(metrics.registry, settings.metrics_addr, tls)
     if settings.deliver:
         worker.start()
     return RunningDispatcher(
@@ -222,12 +269,19 @@ async def serve(settings: DispatcherSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops gracefully."""
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
-    log.info("dispatcher listening on %s:%d", host, running.port)
+    tls = settings.tls_cert_file is not None
+    mutual = " (mutual TLS)" if tls and settings.tls_client_ca_file is not None else ""
+    scheme = "https" if tls else "http"
+    log.info(
+        "dispatcher listening on %s:%d%s", host, running.port, (" with TLS" + mutual) if tls else ""
+    )
     http_host = settings.http_addr.rpartition(":")[0]
-    log.info("dispatcher HTTP surface on http://%s:%d", http_host, running.http_port)
+    log.info("dispatcher HTTP surface on %s://%s:%d", scheme, http_host, running.http_port)
     if running.metrics_port is not None:
         metrics_host = settings.metrics_addr.rpartition(":")[0]
-        log.info("dispatcher metrics on http://%s:%d/metrics", metrics_host, running.metrics_port)
+        log.info(
+            "dispatcher metrics on %s://%s:%d/metrics", scheme, metrics_host, running.metrics_port
+        )
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)

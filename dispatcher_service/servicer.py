@@ -26,7 +26,8 @@ __all__ = ["DispatcherServicer", "PublicKeySource"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Result = pb.PublishResult
-# Batches of one PublishEvents stream in progress at once.
+# Batches of one PublishEvents stream in progress at once: one stream holds at most
+# STREAM_WINDOW x MAX_BATCH_EVENTS events in memory; grpc flow control holds back the rest.
 STREAM_WINDOW = 4
 
 _STATES_TO_PB = {

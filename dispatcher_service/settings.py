@@ -29,6 +29,11 @@ class DispatcherSettings(ServiceSettings):
     # dispatcher watches it with (tenant `*`, scope `admin`).
     subscriptions_addr: str = "127.0.0.1:50051"
     subscriptions_token_file: Path | None = None
+    # TLS to the subscription service: the CA that signed its certificate (TLS on when
+    # set), and this dispatcher's own certificate and key when it asks for mutual TLS.
+    subscriptions_tls_ca_file: Path | None = None
+    subscriptions_tls_cert_file: Path | None = None
+    subscriptions_tls_key_file: Path | None = None
     # CIDRs deliveries may reach despite the SSRF guard, comma-separated (e.g. 127.0.0.0/8).
     allowed_target_networks: Annotated[tuple[Network, ...], NoDecode] = ()
     # Private signing keys live here (generated on first start, mode 0600).
@@ -52,6 +57,10 @@ class DispatcherSettings(ServiceSettings):
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     # false: this replica only ingests (other replicas on the same database deliver).
     deliver: bool = True
+    # Events per second one tenant may publish, on average, and in one burst; beyond
+    # that a call answers RESOURCE_EXHAUSTED (HTTP 429). 0: no limit.
+    publish_rate_per_tenant: float = Field(default=0.0, ge=0)
+    publish_burst_per_tenant: int = Field(default=10_000, ge=1)
     metrics_addr: str = "127.0.0.1:9102"
 
     @field_validator("allowed_target_networks", mode="before")

@@ -80,7 +80,11 @@ class StaleEtag(WebhooksError):
 
 
 class ResourceExhausted(WebhooksError):
-    pass
+    """A limit was reached; `retry_after` (seconds), when known, says when to try again."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(WebhooksError):

@@ -1,7 +1,8 @@
 """The one place where domain errors become gRPC status codes.
 
 An `InvalidArgument` carries its field violations as `google.rpc.BadRequest` in the
-status details, so generated clients in any language can read which field is wrong.
+status details, so generated clients in any language can read which field is wrong; a
+`ResourceExhausted` that knows when to retry carries `google.rpc.RetryInfo`.
 Anything that is not a `WebhooksError` is a bug: it is logged with its traceback and
 answered INTERNAL without details, so internals never leak to callers.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -87,6 +89,12 @@ def _rich_status(error: WebhooksError) -> grpc.Status:
         )
         detail = any_pb2.Any()
         detail.Pack(bad_request)
+        status.details.append(detail)
+    if isinstance(error, ResourceExhausted) and error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(0, math.ceil(error.retry_after * 1e9)))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
         status.details.append(detail)
     result: grpc.Status = rpc_status.to_status(status)
     return result

@@ -12,6 +12,7 @@ and anything else as a bug (logged with its traceback, answered 500 without deta
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
@@ -102,6 +103,10 @@ def _from_error(error: WebhooksError) -> web.Response:
     status = status_of(error)
     if isinstance(error, InvalidArgument):
         return problem_response(status, _summary(error), violations=error.violations)
+    if isinstance(error, ResourceExhausted) and error.retry_after is not None:
+        # Retry-After takes whole seconds (RFC 9110); rounding up never invites an early retry.
+        wait = str(max(1, math.ceil(error.retry_after)))
+        return problem_response(status, str(error), headers={"Retry-After": wait})
     return problem_response(status, str(error))
 
 

@@ -346,7 +346,22 @@ async def test_cookies_a_receiver_sets_are_never_sent_back(
 
 @pytest.mark.parametrize(
     "host",
-    ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "0177.0.0.1", "127.1", "[::ffff:7f00:1]"],
+    [
+        "127.0.0.1",
+        "localhost",
+        "2130706433",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "[::ffff:7f00:1]",
+        # Trailing dots, the other IPv4 forms, and loopback embedded in IPv6.
+        "127.0.0.1.",
+        "0x7f000001",
+        "017700000001",
+        "127.000.000.001",
+        "[::ffff:127.0.0.1]",
+        "[::127.0.0.1]",
+    ],
 )
 async def test_loopback_is_refused_without_the_allow_list_and_never_connected(
     receiver: Receiver, host: str
@@ -371,6 +386,35 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time(receiver:
     assert result.error == (
         "target refused: hooks.example.com: 127.0.0.1 is not allowed (loopback)"
     )
+    assert receiver.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("10.0.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fd12::1", "private"),
+        ("100.64.0.1", "carrier-grade NAT"),
+        ("169.254.1.1", "link-local"),
+        ("169.254.169.254", "cloud metadata"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("::ffff:169.254.169.254", "cloud metadata"),
+    ],
+)
+async def test_a_name_resolving_to_an_internal_address_is_refused_and_never_connected(
+    receiver: Receiver, address: str, kind: str
+) -> None:
+    async def internal(host: str, port: int) -> Sequence[IPAddress]:
+        return [ipaddress.ip_address(address)]
+
+    async with HttpSender(policy=STRICT, timeouts=PATIENT, resolver=internal) as strict:
+        result = await post(strict, receiver.url("/status/200", host="hooks.example.com."))
+
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("target refused: hooks.example.com.: ")
+    assert kind in result.error
     assert receiver.connections == 0
 
 
