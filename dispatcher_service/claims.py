@@ -36,10 +36,16 @@ def _due() -> sa.Select[Any]:
 
 
 @functools.cache
-def claim_statement(dialect: str) -> sa.Update:
+def claim_statement(dialect: str, *, excluding: bool = False) -> sa.Update:
     """UPDATE ... RETURNING id that leases up to `:limit` deliveries due at `:now` to
-    `:owner` until `:lease_until`. Built once per backend, with parameters bound."""
-    due = _due().limit(sa.bindparam("limit", type_=sa.Integer))
+    `:owner` until `:lease_until`; `excluding`: none of the subscriptions `:excluded`.
+    Built once per backend and variant, with parameters bound."""
+    due = _due()
+    if excluding:
+        due = due.where(
+            col(DeliveryRow.subscription_id).not_in(sa.bindparam("excluded", expanding=True))
+        )
+    due = due.limit(sa.bindparam("limit", type_=sa.Integer))
     if dialect == "postgresql":
         due = due.with_for_update(skip_locked=True)
     return (

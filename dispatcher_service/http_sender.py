@@ -50,6 +50,7 @@ __all__ = [
     "CheckedResolver",
     "HttpSender",
     "Timeouts",
+    "endpoint_of",
 ]
 
 DEFAULT_USER_AGENT = "webhooks-dispatcher/0.1"
@@ -203,6 +204,15 @@ class _Limiter:
 
 def _endpoint_of(url: yarl.URL) -> str:
     return f"{url.scheme}://{url.host}:{url.port}"
+
+
+def endpoint_of(url: str) -> str:
+    """The endpoint (scheme://host:port) whose slots a delivery to `url` takes; a URL
+    that cannot be parsed is an endpoint of its own (its attempt fails at once)."""
+    try:
+        return _endpoint_of(yarl.URL(url))
+    except ValueError:
+        return url
 
 
 def _parse_url(url: str) -> yarl.URL:

@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -288,12 +288,27 @@ class DeliveryStore:
 
     @unavailable_on_database_errors
     def claim(
-        self, *, owner: str, limit: int, now: datetime, lease: timedelta
+        self,
+        *,
+        owner: str,
+        limit: int,
+        now: datetime,
+        lease: timedelta,
+        excluded: Collection[str] = (),
     ) -> list[ClaimedDelivery]:
-        """Leases up to `limit` due deliveries to `owner` and returns them, oldest due first."""
-        parameters = {"owner": owner, "now": now, "lease_until": now + lease, "limit": limit}
+        """Leases up to `limit` due deliveries to `owner` and returns them, oldest due first;
+        none of the subscriptions in `excluded`."""
+        parameters: dict[str, object] = {
+            "owner": owner,
+            "now": now,
+            "lease_until": now + lease,
+            "limit": limit,
+        }
+        if excluded:
+            parameters["excluded"] = list(excluded)
+        statement = claim_statement(self._dialect, excluding=bool(excluded))
         with self._writing(durable=False) as connection:
-            ids = [row[0] for row in connection.execute(claim_statement(self._dialect), parameters)]
+            ids = [row[0] for row in connection.execute(statement, parameters)]
             if not ids:
                 return []
             # Only what a delivery needs: every datetime column read costs a parse per row.
@@ -324,6 +339,10 @@ class DeliveryStore:
         """
         if not completions:
             return []
+        # A delivery this worker sent twice under one attempt number (its lease ran out
+        # while the database was away and it claimed it again before recording the first
+        # send) must not fail the whole batch on the attempts' key: the later one is kept.
+        completions = list({c.delivery_id: c for c in completions}.values())
         # The first statements write (so SQLite takes its write lock, and PostgreSQL
         # locks the rows, before anything is read) and move the lease of every delivery
         # still held to a mark of this call; the next clears the mark and names the
@@ -424,6 +443,16 @@ class DeliveryStore:
         with self._writing(durable=False) as connection:
             connection.execute(
                 sa.delete(_HEALTH).where(_HEALTH.c.subscription_id == subscription_id)
+            )
+
+    @unavailable_on_database_errors
+    def unclaim(self, *, ids: Sequence[str], owner: str) -> None:
+        """Gives back the leases of `ids` untouched: no attempt, due as they were."""
+        with self._writing(durable=False) as connection:
+            connection.execute(
+                sa.update(_DELIVERIES)
+                .where(_DELIVERIES.c.id.in_(ids), _DELIVERIES.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires=None)
             )
 
     @unavailable_on_database_errors

@@ -8,9 +8,12 @@ transaction each, so the database is not the bottleneck of a fast receiver.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from dispatcher_service.domain import (
     DeliveryState,
     EndpointHealth,
 )
+from dispatcher_service.http_sender import endpoint_of
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.retry import (
     AttemptOutcome,
@@ -49,7 +53,16 @@ __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+_MAX_KNOWN_URLS = 10_000
 _T = TypeVar("_T")
+
+# While the database is away the claim loop waits twice as long after each failed claim,
+# from the poll interval up to this; an ingestion that commits (so the database is back)
+# ends the wait at once.
+MAX_CLAIM_BACKOFF_SECONDS = 10.0
+# The same for recording a batch of attempts, from the first delay up to the cap.
+FIRST_RECORD_DELAY_SECONDS = 0.1
+MAX_RECORD_DELAY_SECONDS = 10.0
 
 
 class RouteLookup(Protocol):
@@ -85,6 +98,8 @@ Disabler = Callable[[str, str], Awaitable[None]]
 @dataclass(frozen=True, kw_only=True)
 class WorkerLimits:
     max_in_flight: int = 256
+    # Deliveries sent at once to one endpoint (scheme://host:port).
+    per_endpoint: int = 16
     claim_batch: int = 100
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5
@@ -113,6 +128,26 @@ def build_body(payload: str, signature: str) -> bytes:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Outage:
+    """The database as this worker last found it: one WARNING when it goes away and one
+    line when it is back, however many calls fail in between."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def failed(self, doing: str) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning(
+                "database unavailable while %s; retrying with backoff until it is back", doing
+            )
+
+    def ended(self) -> None:
+        if self._since is not None:
+            log.info("database available again after %.1fs", time.monotonic() - self._since)
+            self._since = None
 
 
 class DeliveryWorker:
@@ -159,6 +194,13 @@ class DeliveryWorker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._disabling: set[str] = set()
+        self._endpoint_load: collections.Counter[str] = collections.Counter()
+        # Endpoints at their limit, with the subscriptions seen there. Claims skip those
+        # subscriptions until a slot frees: holding their deliveries would take the room
+        # of every other endpoint while a slow or dead one takes its time.
+        self._saturated: dict[str, set[str]] = {}
+        self._endpoints: dict[str, str] = {}
+        self._outage = _Outage()
 
     def wake(self) -> None:
         """Tells the worker that new deliveries are due (called after ingestion)."""
@@ -186,7 +228,8 @@ class DeliveryWorker:
         flush_loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flush_loop
-        await self._flush_all()
+        # Bounded: with the database away, shutting down must not wait for it forever.
+        await self._flush_all(give_up_at=time.monotonic() + max(grace, 1.0))
         with contextlib.suppress(StoreUnavailable):
             await self._store_call(self._store.release, owner=self.owner)
 
@@ -211,22 +254,70 @@ class DeliveryWorker:
                     limit=want,
                     now=self._clock(),
                     lease=self._limits.lease,
+                    excluded=set().union(*self._saturated.values()),
                 )
-                backoff = self._limits.poll_interval
-            except StoreUnavailable:
-                log.warning("database unavailable; claiming again in %.1fs", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+            except Exception as error:
+                if isinstance(error, StoreUnavailable):
+                    self._outage.failed("claiming deliveries")
+                else:
+                    # Not a reason to stop claiming: a dead loop would deliver nothing more.
+                    log.exception("claiming deliveries failed unexpectedly")
+                log.debug("claiming again in %.2fs", backoff)
+                await self._idle(backoff)
+                backoff = min(
+                    backoff * 2, max(MAX_CLAIM_BACKOFF_SECONDS, self._limits.poll_interval)
+                )
                 continue
-            for delivery in claimed:
-                task = asyncio.create_task(self._deliver(delivery))
-                self._in_flight.add(task)
-                task.add_done_callback(self._finished)
+            backoff = self._limits.poll_interval
+            self._outage.ended()
+            busy = [delivery.id for delivery in claimed if not self._start(delivery)]
+            if busy:
+                await self._unclaim(busy)
             if len(claimed) < want:
                 await self._idle()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _start(self, delivery: ClaimedDelivery) -> bool:
+        """Starts sending `delivery`, unless its endpoint is at its limit (False)."""
+        endpoint = self._endpoint_of(delivery)
+        load = self._endpoint_load[endpoint]
+        if load >= self._limits.per_endpoint:
+            self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+            return False
+        self._endpoint_load[endpoint] = load + 1
+        if load + 1 >= self._limits.per_endpoint:
+            self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+        task = asyncio.create_task(self._deliver(delivery))
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._finished, endpoint))
+        return True
+
+    def _endpoint_of(self, delivery: ClaimedDelivery) -> str:
+        route = self._routes.route(delivery.subscription_id)
+        url = delivery.url if route is None else route.url
+        endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            if len(self._endpoints) >= _MAX_KNOWN_URLS:
+                self._endpoints.clear()
+            endpoint = self._endpoints[url] = endpoint_of(url)
+        return endpoint
+
+    async def _unclaim(self, ids: list[str]) -> None:
+        """Gives back deliveries whose endpoint is busy, without an attempt: they stay due,
+        for this worker once a slot frees or for another replica now."""
+        try:
+            await self._store_call(self._store.unclaim, ids=ids, owner=self.owner)
+        except StoreUnavailable:
+            self._outage.failed("giving back deliveries")  # their leases expire instead
+
+    def _finished(self, endpoint: str, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        load = self._endpoint_load[endpoint] - 1
+        if load > 0:
+            self._endpoint_load[endpoint] = load
+        else:
+            del self._endpoint_load[endpoint]
+        if load < self._limits.per_endpoint and self._saturated.pop(endpoint, None) is not None:
+            self._wake.set()  # its subscriptions may be claimed again
         if self._limits.max_in_flight - len(self._in_flight) >= self._claim_room:
             self._room.set()
 
@@ -240,9 +331,13 @@ class DeliveryWorker:
             return call(**kwargs)
         return await asyncio.to_thread(call, **kwargs)
 
-    async def _idle(self) -> None:
+    async def _idle(self, seconds: float | None = None) -> None:
+        """Waits for `wake` (or `stop`), at most `seconds` (the poll interval by default)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=self._limits.poll_interval)
+            await asyncio.wait_for(
+                self._wake.wait(),
+                timeout=self._limits.poll_interval if seconds is None else seconds,
+            )
         self._wake.clear()
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
@@ -408,15 +503,17 @@ class DeliveryWorker:
                 batch.append(self._results.get_nowait())
             await self._record(batch)
 
-    async def _flush_all(self) -> None:
+    async def _flush_all(self, *, give_up_at: float) -> None:
         batch: list[Completion] = []
         while not self._results.empty():
             batch.append(self._results.get_nowait())
         if batch:
-            await self._record(batch)
+            await self._record(batch, give_up_at=give_up_at)
 
-    async def _record(self, batch: list[Completion]) -> None:
-        delay = 0.1
+    async def _record(self, batch: list[Completion], *, give_up_at: float | None = None) -> None:
+        """Records `batch`, retrying while the database is away (until `give_up_at`, a
+        `time.monotonic()` value, if given)."""
+        delay = FIRST_RECORD_DELAY_SECONDS
         while True:
             try:
                 failing = await self._store_call(
@@ -426,11 +523,21 @@ class DeliveryWorker:
             except StoreUnavailable:
                 # Keep the results: the receiver has them already; recording them late
                 # beats sending them again after the lease runs out.
-                log.warning(
-                    "database unavailable; recording %d attempts again in %.1fs", len(batch), delay
-                )
+                self._outage.failed("recording attempts")
+                if give_up_at is not None and time.monotonic() + delay > give_up_at:
+                    log.warning(
+                        "%d attempts not recorded: their deliveries will be sent again", len(batch)
+                    )
+                    return
+                log.debug("recording %d attempts again in %.2fs", len(batch), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RECORD_DELAY_SECONDS)
+            except Exception:
+                # Retrying what fails for another reason would hold up every later batch;
+                # these deliveries are sent again once their leases run out.
+                log.exception("could not record %d attempts", len(batch))
+                return
+        self._outage.ended()
         for completion in batch:
             self._recorded[completion.state].inc()
         for health in failing:

@@ -21,6 +21,11 @@ from service_common.errors import StoreUnavailable
 
 __all__ = ["as_utc", "create_engine", "migrate", "unavailable_on_database_errors"]
 
+# Seconds to wait for a connection to PostgreSQL, unless the URL says (`?connect_timeout=`).
+CONNECT_TIMEOUT_SECONDS = 5
+# Seconds a call waits for a free pooled connection before it answers UNAVAILABLE.
+POOL_TIMEOUT_SECONDS = 10
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -32,7 +37,7 @@ def unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable("the database is unavailable") from exc
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
@@ -40,6 +45,18 @@ def unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
             raise
 
     return wrapper
+
+
+# What a lost, restarting or overloaded database raises. psycopg's server-side shutdown
+# errors (AdminShutdown, CrashShutdown, CannotConnectNow) are OperationalErrors; a pool
+# whose every connection hangs on a dead server ends in TimeoutError; PendingRollbackError
+# is the aftermath of a connection lost inside a transaction that was not rolled back yet.
+_UNAVAILABLE = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+    sa.exc.PendingRollbackError,
+)
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -53,8 +70,20 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int 
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database, synchronous=sqlite_synchronous)
+    # A server that does not answer at all (not even a refusal) must not hold a call for
+    # minutes: libpq would wait as long as the operating system does.
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     # pre_ping replaces connections the server closed (a restart) instead of failing a call.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args=connect_args,
+    )
 
 
 def _sqlite_engine(url: str, database: str | None, *, synchronous: str) -> Engine:
