@@ -51,7 +51,8 @@ class DispatcherSettings(ServiceSettings):
     # Deliveries sent at once, overall and to one endpoint (host:port).
     max_concurrent_deliveries: int = Field(default=256, ge=1)
     max_concurrent_per_endpoint: int = Field(default=16, ge=1)
-    # A worker owns a claimed delivery this long; it must exceed the attempt timeout.
+    # A worker owns a claimed delivery this long; it must exceed twice the attempt timeout
+    # (a delivery may wait for one attempt to its endpoint before making its own).
     lease_seconds: float = Field(default=60.0, gt=0)
     # How often idle workers look for due deliveries published by other replicas.
     poll_interval_seconds: float = Field(default=0.5, gt=0)

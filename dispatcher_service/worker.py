@@ -54,6 +54,8 @@ __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 _MAX_KNOWN_URLS = 10_000
+# How often a worker whose busy endpoints hold all that is due looks for other work.
+_SATURATED_POLL = 0.5
 _T = TypeVar("_T")
 
 # While the database is away the claim loop waits twice as long after each failed claim,
@@ -195,15 +197,29 @@ class DeliveryWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._disabling: set[str] = set()
         self._endpoint_load: collections.Counter[str] = collections.Counter()
-        # Endpoints at their limit, with the subscriptions seen there. Claims skip those
-        # subscriptions until a slot frees: holding their deliveries would take the room
-        # of every other endpoint while a slow or dead one takes its time.
+        # Claimed deliveries waiting for a slot of their endpoint: at most `per_endpoint`
+        # each, so none waits longer than one attempt, and not counted as room taken.
+        self._queued: dict[str, collections.deque[ClaimedDelivery]] = {}
+        self._queued_total = 0
+        # Endpoints whose queue is full, with the subscriptions seen there. Claims skip
+        # those subscriptions until the queue has drained: holding more of their
+        # deliveries would take the room of every other endpoint while a slow or dead
+        # one takes its time.
         self._saturated: dict[str, set[str]] = {}
         self._endpoints: dict[str, str] = {}
+        # How many deliveries a claim asks for: less after deliveries had to be given back
+        # (one busy endpoint holds most of what is due), more again once claims fit.
+        self._claim_size = limits.claim_batch
+        # The excluded subscriptions of the last claim that found nothing else due. A claim
+        # that excludes subscriptions reads past every due delivery of theirs, so while it
+        # could only find the same nothing it is not made: until new events (`wake`), an
+        # endpoint with room again, or a poll.
+        self._drained_besides: frozenset[str] | None = None
         self._outage = _Outage()
 
     def wake(self) -> None:
         """Tells the worker that new deliveries are due (called after ingestion)."""
+        self._drained_besides = None
         self._wake.set()
 
     def start(self) -> None:
@@ -246,7 +262,13 @@ class DeliveryWorker:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            want = min(free, self._limits.claim_batch)
+            want = min(free, self._claim_size)
+            excluded = frozenset().union(*self._saturated.values())
+            drained = self._drained_besides
+            if excluded and drained is not None and excluded >= drained:
+                if not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
+                    self._drained_besides = None  # polled: other replicas' work, maybe
+                continue
             try:
                 claimed = await self._store_call(
                     self._store.claim,
@@ -254,7 +276,7 @@ class DeliveryWorker:
                     limit=want,
                     now=self._clock(),
                     lease=self._limits.lease,
-                    excluded=set().union(*self._saturated.values()),
+                    excluded=excluded,
                 )
             except Exception as error:
                 if isinstance(error, StoreUnavailable):
@@ -270,26 +292,40 @@ class DeliveryWorker:
                 continue
             backoff = self._limits.poll_interval
             self._outage.ended()
-            busy = [delivery.id for delivery in claimed if not self._start(delivery)]
+            busy = [delivery.id for delivery in claimed if not self._take(delivery)]
             if busy:
+                self._claim_size = max(1, len(claimed) - len(busy))
                 await self._unclaim(busy)
+            elif len(claimed) == want:
+                self._claim_size = min(self._limits.claim_batch, 2 * self._claim_size)
             if len(claimed) < want:
+                if excluded:
+                    self._drained_besides = excluded
                 await self._idle()
 
-    def _start(self, delivery: ClaimedDelivery) -> bool:
-        """Starts sending `delivery`, unless its endpoint is at its limit (False)."""
+    def _take(self, delivery: ClaimedDelivery) -> bool:
+        """Starts sending `delivery`, or queues it for a slot of its endpoint; False when
+        that queue is full too (the delivery is to be given back)."""
         endpoint = self._endpoint_of(delivery)
-        load = self._endpoint_load[endpoint]
-        if load >= self._limits.per_endpoint:
-            self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
-            return False
-        self._endpoint_load[endpoint] = load + 1
-        if load + 1 >= self._limits.per_endpoint:
-            self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+        if self._endpoint_load[endpoint] < self._limits.per_endpoint:
+            self._start(delivery, endpoint)
+            return True
+        queue = self._queued.setdefault(endpoint, collections.deque())
+        room = self._limits.per_endpoint - len(queue)
+        if room > 0 and self._queued_total < self._limits.max_in_flight:
+            queue.append(delivery)
+            self._queued_total += 1
+            if room == 1:  # full now: claim none of it until it has drained
+                self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+            return True
+        self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+        return False
+
+    def _start(self, delivery: ClaimedDelivery, endpoint: str) -> None:
+        self._endpoint_load[endpoint] += 1
         task = asyncio.create_task(self._deliver(delivery))
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._finished, endpoint))
-        return True
 
     def _endpoint_of(self, delivery: ClaimedDelivery) -> str:
         route = self._routes.route(delivery.subscription_id)
@@ -311,13 +347,17 @@ class DeliveryWorker:
 
     def _finished(self, endpoint: str, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        load = self._endpoint_load[endpoint] - 1
-        if load > 0:
-            self._endpoint_load[endpoint] = load
-        else:
-            del self._endpoint_load[endpoint]
-        if load < self._limits.per_endpoint and self._saturated.pop(endpoint, None) is not None:
-            self._wake.set()  # its subscriptions may be claimed again
+        self._endpoint_load[endpoint] -= 1
+        queue = self._queued.get(endpoint)
+        if queue and not self._stopping:  # on stop, `release` gives the queued back
+            self._queued_total -= 1
+            self._start(queue.popleft(), endpoint)
+        if not queue:
+            self._queued.pop(endpoint, None)
+            if self._endpoint_load[endpoint] <= 0:
+                del self._endpoint_load[endpoint]
+            if self._saturated.pop(endpoint, None) is not None:
+                self._wake.set()  # its subscriptions may be claimed again
         if self._limits.max_in_flight - len(self._in_flight) >= self._claim_room:
             self._room.set()
 
@@ -331,14 +371,19 @@ class DeliveryWorker:
             return call(**kwargs)
         return await asyncio.to_thread(call, **kwargs)
 
-    async def _idle(self, seconds: float | None = None) -> None:
-        """Waits for `wake` (or `stop`), at most `seconds` (the poll interval by default)."""
-        with contextlib.suppress(TimeoutError):
+    async def _idle(self, seconds: float | None = None) -> bool:
+        """Waits for `wake` (or `stop`), at most `seconds` (the poll interval by default);
+        False when the time ran out."""
+        woken = True
+        try:
             await asyncio.wait_for(
                 self._wake.wait(),
                 timeout=self._limits.poll_interval if seconds is None else seconds,
             )
+        except TimeoutError:
+            woken = False
         self._wake.clear()
+        return woken
 
     async def _deliver(self, delivery: ClaimedDelivery) -> None:
         # Each delivery runs in a task of its own: what is bound here stays with it.
