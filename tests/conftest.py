@@ -121,6 +121,8 @@ class Tokens:
     acme_reader: str = "acme-reader-token"
     acme_publisher: str = "acme-publisher-token"
     globex: str = "globex-writer-token"
+    globex_publisher: str = "globex-publisher-token"
+    globex_deliveries: str = "globex-deliveries-token"
     acme_deliveries: str = "acme-deliveries-token"
     platform: str = "platform-admin-token"
     operator: str = "operator-token-all-tenants"
@@ -136,6 +138,8 @@ def tokens(tmp_path: Path) -> Tokens:
         (held.acme_publisher, "acme", ["publish"]),
         (held.acme_deliveries, "acme", ["deliveries:read", "deliveries:write"]),
         (held.globex, "globex", ["subscriptions:read", "subscriptions:write"]),
+        (held.globex_publisher, "globex", ["publish"]),
+        (held.globex_deliveries, "globex", ["deliveries:read", "deliveries:write"]),
         (held.platform, "*", ["admin"]),
         (held.operator, "*", ["subscriptions:read", "subscriptions:write"]),
     ]

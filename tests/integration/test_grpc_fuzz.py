@@ -86,8 +86,8 @@ RPCS: dict[str, MethodDescriptor] = {
 NOTE = "event.note.created.v1"  # valid with empty details
 CLAIM_CREATED = "event.claim.created.v1"
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
-GLOBEX_PUBLISHER = "globex-publisher-token"
-GLOBEX_DELIVERIES = "globex-deliveries-token"
+GLOBEX_PUBLISHER = Tokens.globex_publisher
+GLOBEX_DELIVERIES = Tokens.globex_deliveries
 ALL_TENANTS = "*"
 BROKEN = (Code.INTERNAL, Code.UNKNOWN)
 
@@ -100,22 +100,6 @@ TIMESTAMP_RPCS = frozenset({"PublishEvent", "PublishEvents", "RedeliverEvent"})
 
 
 # --- tokens, seeds and calls ---------------------------------------------------------
-
-
-@pytest.fixture
-def tokens(tokens: Tokens) -> Tokens:
-    """The suite's tokens, plus globex tokens for the dispatcher's tenant checks."""
-    content = json.loads(tokens.file.read_text())
-    content["tokens"] += [
-        {"sha256": hash_token(GLOBEX_PUBLISHER), "tenant": "globex", "scopes": ["publish"]},
-        {
-            "sha256": hash_token(GLOBEX_DELIVERIES),
-            "tenant": "globex",
-            "scopes": ["deliveries:read", "deliveries:write"],
-        },
-    ]
-    tokens.file.write_text(json.dumps(content))
-    return tokens
 
 
 @dataclass

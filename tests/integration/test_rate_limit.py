@@ -8,7 +8,6 @@ publishes again.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,6 @@ from google.rpc import error_details_pb2, status_pb2
 
 from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.settings import DispatcherSettings
-from service_common.auth import hash_token
 from tests.conftest import Tokens
 from tests.integration.conftest import auth, routed
 from tests.integration.test_metrics import scrape
@@ -38,8 +36,7 @@ else:
 NOTE = "event.note.created.v1"  # valid with empty details
 RATE = 2.0  # events per second and tenant: a refill is slow next to a call
 BURST = 4
-GLOBEX_PUBLISHER = "globex-publisher-token"
-GLOBEX_DELIVERIES = "globex-deliveries-token"
+GLOBEX_PUBLISHER = Tokens.globex_publisher
 TIMEOUT = 5.0
 Result = pb.PublishResult
 
@@ -48,17 +45,6 @@ Result = pb.PublishResult
 def backend() -> str:
     """SQLite only: the limit is applied before the store."""
     return "sqlite"
-
-
-@pytest.fixture
-def tokens(tokens: Tokens) -> Tokens:
-    content = json.loads(tokens.file.read_text())
-    content["tokens"] += [
-        {"sha256": hash_token(GLOBEX_PUBLISHER), "tenant": "globex", "scopes": ["publish"]},
-        {"sha256": hash_token(GLOBEX_DELIVERIES), "tenant": "globex", "scopes": ["admin"]},
-    ]
-    tokens.file.write_text(json.dumps(content))
-    return tokens
 
 
 @pytest.fixture

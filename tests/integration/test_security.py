@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import re
 import time
@@ -33,7 +32,6 @@ from google.protobuf.message import Message
 
 from dispatcher_service.http_api import MAX_HEADER_FIELD_BYTES
 from dispatcher_service.server import RunningDispatcher
-from service_common.auth import hash_token
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.integration.conftest import Metadata, auth, routed
@@ -67,8 +65,8 @@ SECRETS = {
     "globex": "whsec_" + base64.b64encode(b"globex-secret-bytes-0123456789ab").decode(),
 }
 ROTATED_SECRET = "whsec_" + base64.b64encode(b"acme-rotated-secret-0123456789ab").decode()
-GLOBEX_PUBLISHER = "globex-publisher-token"
-GLOBEX_DELIVERIES = "globex-deliveries-token"
+GLOBEX_PUBLISHER = Tokens.globex_publisher
+GLOBEX_DELIVERIES = Tokens.globex_deliveries
 # Presented but never issued; they must never come back in an answer or a log line.
 UNKNOWN_TOKEN = "unknown-token-7f3a9c1e5b"
 MALFORMED_TOKEN = "malformed-token-2d8e4a6f0c"
@@ -81,21 +79,6 @@ SERVICES = tuple(
 RPCS: dict[str, MethodDescriptor] = {
     method.name: method for service in SERVICES for method in service.methods
 }
-
-
-@pytest.fixture
-def tokens(tokens: Tokens) -> Tokens:
-    content = json.loads(tokens.file.read_text())
-    content["tokens"] += [
-        {"sha256": hash_token(GLOBEX_PUBLISHER), "tenant": "globex", "scopes": ["publish"]},
-        {
-            "sha256": hash_token(GLOBEX_DELIVERIES),
-            "tenant": "globex",
-            "scopes": ["deliveries:read", "deliveries:write"],
-        },
-    ]
-    tokens.file.write_text(json.dumps(content))
-    return tokens
 
 
 @dataclass
