@@ -3,17 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import IO
 
-__all__ = ["DispatcherProcess"]
+from tests.conftest import Tokens
+
+__all__ = ["DispatcherProcess", "dispatcher_environment"]
 
 LISTENING = re.compile(r"dispatcher listening on 127\.0\.0\.1:(\d+)")
+
+
+def dispatcher_environment(
+    *,
+    database_url: str,
+    tokens: Tokens,
+    subscriptions_port: int,
+    directory: Path,
+    overrides: Mapping[str, str] = {},
+) -> dict[str, str]:
+    """This process's environment plus what a test's dispatcher process needs: free ports,
+    `database_url`, the tests' tokens (the platform token written to `directory`), keys in
+    `directory`/keys, delivery to loopback, a quick poll and INFO logs (its ports are read
+    from the log); then `overrides`, variables by their full names."""
+    token_file = directory / "platform-token"
+    token_file.write_text(tokens.platform)
+    return {
+        **os.environ,
+        "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
+        "DISPATCHER_HTTP_ADDR": "127.0.0.1:0",
+        "DISPATCHER_METRICS_ADDR": "127.0.0.1:0",
+        "DISPATCHER_DATABASE_URL": database_url,
+        "DISPATCHER_AUTH_TOKENS_FILE": str(tokens.file),
+        "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{subscriptions_port}",
+        "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(token_file),
+        "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
+        "DISPATCHER_SIGNING_KEYS_DIR": str(directory / "keys"),
+        "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
+        "DISPATCHER_LOG_LEVEL": "INFO",
+        **overrides,
+    }
 
 
 def _port_of(stream: IO[str], deadline: float, lines: list[str]) -> int:

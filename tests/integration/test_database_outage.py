@@ -37,7 +37,7 @@ from service_common.errors import StoreUnavailable
 from subscription_service.server import RunningServer, create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
-from tests.dispatcher_process import DispatcherProcess
+from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth
 from tests.postgres_server import PostgresServer, find_postgres_bin
 from tests.receiver import Receiver
@@ -98,28 +98,21 @@ def dispatcher_on_private_postgres(
     subscription_server: RunningServer,
     tmp_path: Path,
 ) -> Iterator[DispatcherProcess]:
-    token_file = tmp_path / "platform-token"
-    token_file.write_text(tokens.platform)
     process = DispatcherProcess(
-        {
-            **os.environ,
-            "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
-            "DISPATCHER_HTTP_ADDR": "127.0.0.1:0",
-            "DISPATCHER_METRICS_ADDR": "127.0.0.1:0",
-            "DISPATCHER_DATABASE_URL": private_postgres.create_database("dispatcher"),
-            "DISPATCHER_AUTH_TOKENS_FILE": str(tokens.file),
-            "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{subscription_server.port}",
-            "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(token_file),
-            "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
-            "DISPATCHER_SIGNING_KEYS_DIR": str(tmp_path / "keys"),
-            "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s,0.2s",
-            "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
-            "DISPATCHER_LEASE_SECONDS": "5",
-            "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "2",
-            "DISPATCHER_SHUTDOWN_GRACE_SECONDS": "1",
-            # INFO: the ports are read from the log, and so are the outage's lines.
-            "DISPATCHER_LOG_LEVEL": "INFO",
-        }
+        dispatcher_environment(
+            database_url=private_postgres.create_database("dispatcher"),
+            tokens=tokens,
+            subscriptions_port=subscription_server.port,
+            directory=tmp_path,
+            # INFO (the default here): the ports are read from the log, and so are the
+            # outage's lines.
+            overrides={
+                "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s,0.2s",
+                "DISPATCHER_LEASE_SECONDS": "5",
+                "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "2",
+                "DISPATCHER_SHUTDOWN_GRACE_SECONDS": "1",
+            },
+        )
     )
     yield process
     process.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
-from tests.dispatcher_process import DispatcherProcess
+from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -46,25 +45,18 @@ def dispatcher_env(
     subscription_server: RunningServer,
     tmp_path: Path,
 ) -> dict[str, str]:
-    token_file = tmp_path / "platform-token"
-    token_file.write_text(tokens.platform)
-    return {
-        **os.environ,
-        "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
-        "DISPATCHER_DATABASE_URL": new_database_url("dispatcher"),
-        "DISPATCHER_AUTH_TOKENS_FILE": str(tokens.file),
-        "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{subscription_server.port}",
-        "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(token_file),
-        "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
-        "DISPATCHER_SIGNING_KEYS_DIR": str(tmp_path / "keys"),
-        "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s,0.2s",
-        "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
-        # A short lease, so what the killed process held is claimed again soon.
-        "DISPATCHER_LEASE_SECONDS": "3",
-        "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "2",
-        # INFO: the test reads the port from the "listening on" line.
-        "DISPATCHER_LOG_LEVEL": "INFO",
-    }
+    return dispatcher_environment(
+        database_url=new_database_url("dispatcher"),
+        tokens=tokens,
+        subscriptions_port=subscription_server.port,
+        directory=tmp_path,
+        overrides={
+            "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s,0.2s",
+            # A short lease, so what the killed process held is claimed again soon.
+            "DISPATCHER_LEASE_SECONDS": "3",
+            "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "2",
+        },
+    )
 
 
 @pytest.fixture

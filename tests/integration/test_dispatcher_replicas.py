@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
-from tests.dispatcher_process import DispatcherProcess
+from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth
 from tests.receiver import Receiver
 from webhook_receiver import verify_webhook
@@ -52,29 +51,25 @@ def replica_env(
     tmp_path: Path,
 ) -> Callable[[str], dict[str, str]]:
     """The environment of one replica; every replica gets the same database."""
-    token_file = tmp_path / "platform-token"
-    token_file.write_text(tokens.platform)
     database_url = new_database_url("dispatcher")
 
     def env(name: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
-            "DISPATCHER_HTTP_ADDR": "127.0.0.1:0",
-            "DISPATCHER_DATABASE_URL": database_url,
-            "DISPATCHER_AUTH_TOKENS_FILE": str(tokens.file),
-            "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{subscription_server.port}",
-            "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(token_file),
-            "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
-            # A key directory per replica: the webhook-key-id header tells who sent a request.
-            "DISPATCHER_SIGNING_KEYS_DIR": str(tmp_path / f"keys-{name}"),
-            "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s",
-            "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
-            "DISPATCHER_LEASE_SECONDS": "10",
-            "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "5",
-            "DISPATCHER_SHUTDOWN_GRACE_SECONDS": "1",
-            "DISPATCHER_LOG_LEVEL": "INFO",
-        }
+        # A directory, so a key directory, per replica: the webhook-key-id header tells
+        # who sent a request.
+        directory = tmp_path / name
+        directory.mkdir(exist_ok=True)
+        return dispatcher_environment(
+            database_url=database_url,
+            tokens=tokens,
+            subscriptions_port=subscription_server.port,
+            directory=directory,
+            overrides={
+                "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s",
+                "DISPATCHER_LEASE_SECONDS": "10",
+                "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "5",
+                "DISPATCHER_SHUTDOWN_GRACE_SECONDS": "1",
+            },
+        )
 
     return env
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
-from tests.dispatcher_process import DispatcherProcess
+from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth
 from tests.integration.test_dispatcher import CLAIM_CREATED, SECRET, claim_event, subscribe
 from tests.receiver import Receiver
@@ -77,28 +76,22 @@ async def test_json_logs_name_the_delivery_and_spans_reach_the_collector(
     tmp_path: Path,
 ) -> None:
     kept, collector_port = collector
-    token_file = tmp_path / "platform-token"
-    token_file.write_text(tokens.platform)
     keys_dir = tmp_path / "keys"
     process = DispatcherProcess(
-        {
-            **os.environ,
-            "DISPATCHER_GRPC_ADDR": "127.0.0.1:0",
-            "DISPATCHER_DATABASE_URL": new_database_url("dispatcher"),
-            "DISPATCHER_AUTH_TOKENS_FILE": str(tokens.file),
-            "DISPATCHER_SUBSCRIPTIONS_ADDR": f"127.0.0.1:{subscription_server.port}",
-            "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE": str(token_file),
-            "DISPATCHER_ALLOWED_TARGET_NETWORKS": "127.0.0.0/8",
-            "DISPATCHER_SIGNING_KEYS_DIR": str(keys_dir),
-            "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s",
-            "DISPATCHER_POLL_INTERVAL_SECONDS": "0.05",
-            "DISPATCHER_LOG_LEVEL": "INFO",
-            "DISPATCHER_LOG_FORMAT": "json",
-            "DISPATCHER_TRACING_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
+        dispatcher_environment(
+            database_url=new_database_url("dispatcher"),
+            tokens=tokens,
+            subscriptions_port=subscription_server.port,
+            directory=tmp_path,
+            overrides={
+                "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s",
+                "DISPATCHER_LOG_FORMAT": "json",
+                "DISPATCHER_TRACING_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+            },
+        )
     )
     receiver.script("/flaky", 500, 204)
     await subscribe(stub, tokens.acme, receiver.url("/flaky"), CLAIM_CREATED, secret=SECRET)
