@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.server import create_server as create_dispatcher
@@ -53,6 +55,46 @@ async def publish(
 
     stream = dispatcher_stub.PublishEvents(requests(), metadata=auth(token))
     return [list(response.results) async for response in stream]
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(port: int | None) -> Samples:
+    """Every sample a `/metrics` endpoint on loopback serves, by name and labels."""
+    assert port is not None, "metrics are served by default"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value; 0 for a sample not served."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def eventually(
+    check: Callable[[], object], *, within: float = 15, every: float = 0.05
+) -> None:
+    """Waits until `check()` (awaited when it returns a coroutine) is true."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(every)
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:

@@ -38,7 +38,7 @@ from subscription_service.server import RunningServer, create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
 from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, scrape
 from tests.postgres_server import PostgresServer, find_postgres_bin
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -195,13 +195,11 @@ async def _wait_for_port(process: DispatcherProcess, pattern: re.Pattern[str]) -
     return port
 
 
-async def _database_up(session: aiohttp.ClientSession, metrics_port: int) -> float:
-    async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    match = re.search(r"^webhooks_database_up (\S+)$", text, re.MULTILINE)
-    assert match is not None, "no webhooks_database_up in the metrics"
-    return float(match.group(1))
+async def _database_up(metrics_port: int) -> float:
+    samples = await scrape(metrics_port)
+    up = ("webhooks_database_up", frozenset[tuple[str, str]]())
+    assert up in samples, "no webhooks_database_up in the metrics"
+    return samples[up]
 
 
 async def _refused_while_down(
@@ -271,11 +269,11 @@ async def test_the_dispatcher_rides_out_a_database_outage(
         )
         try:
             await asyncio.wait_for(stop_database.wait(), 20)
-            assert await _database_up(session, metrics_port) == 1
+            assert await _database_up(metrics_port) == 1
             await asyncio.to_thread(private_postgres.stop)
             # The publisher goes on meanwhile, refused and sending its batch again.
             await asyncio.sleep(OUTAGE_SECONDS / 2)
-            assert await _database_up(session, metrics_port) == 0
+            assert await _database_up(metrics_port) == 0
             await _refused_while_down(
                 DispatcherStub(channel), session, http_port, tokens.acme_publisher
             )
@@ -295,7 +293,7 @@ async def test_the_dispatcher_rides_out_a_database_outage(
         # Recovered by itself: nothing sent after the restart was refused.
         assert all(sent < restarted for sent in ledger.refused_sent_at)
         deadline = time.monotonic() + 10
-        while await _database_up(session, metrics_port) != 1:
+        while await _database_up(metrics_port) != 1:
             assert time.monotonic() < deadline, "webhooks_database_up stayed 0"
             await asyncio.sleep(0.1)
 

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
-from tests.integration.conftest import auth
+from tests.integration.conftest import auth, eventually
 from tests.integration.test_dispatcher import CLAIM_CREATED, SECRET, claim_event, subscribe
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -57,13 +57,6 @@ async def collector() -> AsyncIterator[tuple[Collector, int]]:
     await server.start()
     yield kept, port
     await server.stop(0)
-
-
-async def eventually(check: Callable[[], bool], *, within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_json_logs_name_the_delivery_and_spans_reach_the_collector(

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import aiohttp
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher_service.server import RunningDispatcher
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
-from tests.integration.conftest import auth, publish, routed
+from tests.integration.conftest import Samples, auth, eventually, publish, routed, scrape, value
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_event, subscribe
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -27,29 +22,6 @@ else:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(port: int | None) -> Samples:
-    """Every sample the endpoint serves, by name and labels."""
-    assert port is not None, "metrics are served by default"
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}/metrics") as response,
-    ):
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
 
 def grpc_handled(samples: Samples, method: str, code: str) -> float:
     """`grpc_server_handled_total` of one method and code, whatever its service and type."""
@@ -60,20 +32,6 @@ def grpc_handled(samples: Samples, method: str, code: str) -> float:
         and ("grpc_method", method) in labels
         and ("grpc_code", code) in labels
     )
-
-
-async def eventually(
-    check: Callable[[], object], *, within: float = 15, every: float = 0.05
-) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(every)
 
 
 async def test_dispatcher_counters_move_with_events_deliveries_and_calls(

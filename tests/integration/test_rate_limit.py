@@ -19,9 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
-from tests.integration.conftest import auth, routed
-from tests.integration.test_metrics import scrape
-from tests.integration.test_metrics import value as sample_value
+from tests.integration.conftest import auth, routed, scrape
+from tests.integration.conftest import value as sample_value
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2 as sub_pb
