@@ -9,11 +9,12 @@ unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
@@ -85,45 +86,36 @@ class GrpcServerMetrics(ServerInterceptor):
 
     def _unary(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
         async def observed(request: Any, context: Context) -> Any:
-            started = self._start(labels)
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = await behavior(request, context)
-                code = _status(context, grpc.StatusCode.OK)
-                return response
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = _status(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                self._finish(labels, code, started)
+            with self._observing(labels, context):
+                return await behavior(request, context)
 
         return observed
 
     def _streaming(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
         async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = self._start(labels)
-            code = grpc.StatusCode.UNKNOWN
-            try:
+            with self._observing(labels, context):
                 async for response in behavior(request, context):
                     yield response
-                code = _status(context, grpc.StatusCode.OK)
-            except (asyncio.CancelledError, GeneratorExit):
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = _status(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                self._finish(labels, code, started)
 
         return observed
 
-    def _start(self, labels: tuple[str, str, str]) -> float:
+    @contextlib.contextmanager
+    def _observing(self, labels: tuple[str, str, str], context: Context) -> Iterator[None]:
+        """Counts the call's start, and its status code and duration when it ends."""
         self._started.labels(*labels).inc()
-        return time.perf_counter()
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            yield
+            code = _status(context, grpc.StatusCode.OK)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = _status(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            self._finish(labels, code, started)
 
     def _finish(self, labels: tuple[str, str, str], code: grpc.StatusCode, started: float) -> None:
         self._seconds.labels(*labels).observe(time.perf_counter() - started)
