@@ -312,14 +312,13 @@ class DeliveryWorker:
             return True
         queue = self._queued.setdefault(endpoint, collections.deque())
         room = self._limits.per_endpoint - len(queue)
-        if room > 0 and self._queued_total < self._limits.max_in_flight:
+        queued = room > 0 and self._queued_total < self._limits.max_in_flight
+        if queued:
             queue.append(delivery)
             self._queued_total += 1
-            if room == 1:  # full now: claim none of it until it has drained
-                self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
-            return True
-        self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
-        return False
+        if not queued or room == 1:  # full: claim none of it until the queue has drained
+            self._saturated.setdefault(endpoint, set()).add(delivery.subscription_id)
+        return queued
 
     def _start(self, delivery: ClaimedDelivery, endpoint: str) -> None:
         self._endpoint_load[endpoint] += 1
