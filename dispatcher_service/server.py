@@ -37,9 +37,9 @@ from service_common.grpc_server import (
     new_server,
 )
 from service_common.lifecycle import wait_for_shutdown_signal
-from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
-from service_common.tls import ClientTls, client_tls, server_tls_of
-from service_common.tracing import client_interceptors, server_interceptors
+from service_common.metrics import MetricsEndpoint, serve_metrics
+from service_common.tls import ClientTls, client_tls, server_tls_of, tls_note
+from service_common.tracing import client_interceptors
 from webhook_contracts import load_registry
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
@@ -222,12 +222,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         metrics=metrics,
         limiter=limiter,
     )
-    server = new_server(
-        interceptors=[
-            *server_interceptors(settings.tracing_exporter),
-            GrpcServerMetrics(metrics.registry),
-        ]
-    )
+    server = new_server(metrics=metrics.registry, tracing_exporter=settings.tracing_exporter)
     add_servicer(
         server,
         DispatcherServicer(
@@ -269,12 +264,8 @@ async def serve(settings: DispatcherSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops gracefully."""
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
-    tls = settings.tls_cert_file is not None
-    mutual = " (mutual TLS)" if tls and settings.tls_client_ca_file is not None else ""
-    scheme = "https" if tls else "http"
-    log.info(
-        "dispatcher listening on %s:%d%s", host, running.port, (" with TLS" + mutual) if tls else ""
-    )
+    scheme = "https" if settings.tls_cert_file is not None else "http"
+    log.info("dispatcher listening on %s:%d%s", host, running.port, tls_note(settings))
     http_host = settings.http_addr.rpartition(":")[0]
     log.info("dispatcher HTTP surface on %s://%s:%d", scheme, http_host, running.http_port)
     if running.metrics_port is not None:

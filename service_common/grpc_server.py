@@ -1,8 +1,9 @@
-"""gRPC server plumbing both services share: health checking, reflection, limits."""
+"""gRPC server plumbing both services share: health checking, reflection, limits, metrics
+and tracing of every call, TLS ports."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -11,8 +12,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 # The published type stubs predate the asyncio health servicer.
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
+from service_common.metrics import GrpcServerMetrics
 from service_common.tls import ServerTls
+from service_common.tracing import Exporter, server_interceptors
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -30,9 +34,10 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 
 
-def new_server(interceptors: Sequence[Any] = ()) -> grpc.aio.Server:
+def new_server(*, metrics: CollectorRegistry, tracing_exporter: Exporter) -> grpc.aio.Server:
+    """A server that counts every call into `metrics`, and traces it when tracing is on."""
     return grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[*server_interceptors(tracing_exporter), GrpcServerMetrics(metrics)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

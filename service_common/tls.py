@@ -135,6 +135,14 @@ def server_tls(
     return tls
 
 
+def tls_note(settings: ServiceSettings) -> str:
+    """How a service's ports are served, for its start-up log: "", " with TLS" or
+    " with TLS (mutual TLS)"."""
+    if settings.tls_cert_file is None:
+        return ""
+    return " with TLS (mutual TLS)" if settings.tls_client_ca_file is not None else " with TLS"
+
+
 def server_tls_of(settings: ServiceSettings) -> ServerTls | None:
     """The checked server TLS of a service's `*_TLS_*` settings, named with its prefix."""
     prefix = str(settings.model_config.get("env_prefix", "")).upper()

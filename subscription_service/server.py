@@ -19,9 +19,8 @@ from service_common.grpc_server import (
     new_server,
 )
 from service_common.lifecycle import wait_for_shutdown_signal
-from service_common.metrics import GrpcServerMetrics, MetricsEndpoint, serve_metrics
-from service_common.tls import server_tls_of
-from service_common.tracing import server_interceptors
+from service_common.metrics import MetricsEndpoint, serve_metrics
+from service_common.tls import server_tls_of, tls_note
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
 from subscription_service.metrics import SubscriptionCollector
@@ -84,12 +83,7 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     manager = SubscriptionManager(store=store, hub=hub, known_message_types=known_message_types())
     registry = CollectorRegistry()
     registry.register(SubscriptionCollector(store.count_by_enabled))
-    server = new_server(
-        interceptors=[
-            *server_interceptors(settings.tracing_exporter),
-            GrpcServerMetrics(registry),
-        ]
-    )
+    server = new_server(metrics=registry, tracing_exporter=settings.tracing_exporter)
     add_servicer(
         server,
         SubscriptionServicer(manager=manager, tokens=tokens),
@@ -112,19 +106,12 @@ async def serve(settings: SubscriptionSettings) -> None:
     """Runs until SIGINT or SIGTERM, then stops gracefully."""
     running = await create_server(settings)
     host = settings.grpc_addr.rsplit(":", 1)[0]
-    tls = settings.tls_cert_file is not None
-    mutual = " (mutual TLS)" if tls and settings.tls_client_ca_file is not None else ""
-    log.info(
-        "subscription service listening on %s:%d%s",
-        host,
-        running.port,
-        (" with TLS" + mutual) if tls else "",
-    )
+    log.info("subscription service listening on %s:%d%s", host, running.port, tls_note(settings))
     if running.metrics_port is not None:
         metrics_host = settings.metrics_addr.rpartition(":")[0]
         log.info(
             "subscription service metrics on %s://%s:%d/metrics",
-            "https" if tls else "http",
+            "https" if settings.tls_cert_file is not None else "http",
             metrics_host,
             running.metrics_port,
         )
