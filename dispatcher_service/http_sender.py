@@ -11,7 +11,8 @@ Every attempt goes through three gates, in order:
                     by `CheckedResolver`, and aiohttp connects only to the checked addresses
     endpoint slot   at most `per_host_limit` attempts in flight to one scheme://host:port,
                     and at most `total_limit` overall, so one slow endpoint only ever
-                    holds its own slots
+                    holds its own slots (off for a caller that keeps to both itself, as
+                    the delivery worker does)
     timeouts        connect, and total (headers plus the bounded part of the body)
 
 Error texts start with a stable prefix that callers may match on: `target refused:`,
@@ -278,13 +279,19 @@ class HttpSender:
         user_agent: str = DEFAULT_USER_AGENT,
         resolver: Resolver = system_resolver,
         ssl_context: ssl.SSLContext | None = None,
+        limit_slots: bool = True,
     ) -> None:
+        """`limit_slots=False` leaves the endpoint slots to a caller that never exceeds
+        `per_host_limit` and `total_limit` itself (the delivery worker); aiohttp's
+        connector still holds to both."""
         if max_response_bytes < 0:
             raise ValueError("max_response_bytes cannot be negative")
         self._policy = policy
         self._timeouts = timeouts or Timeouts()
         self._max_response_bytes = max_response_bytes
-        self._limiter = _Limiter(per_endpoint=per_host_limit, total=total_limit)
+        self._limiter = (
+            _Limiter(per_endpoint=per_host_limit, total=total_limit) if limit_slots else None
+        )
         self._targets: dict[str, yarl.URL | str] = {}
         self._session = _new_session(
             resolver=CheckedResolver(policy=policy, resolver=resolver),
@@ -312,6 +319,8 @@ class HttpSender:
         if isinstance(checked, str):
             return AttemptResult.failed(checked)
         target = checked
+        if self._limiter is None:
+            return await self._post(target, body=body, headers=headers)
         wait = self._timeouts.slot_wait or self._timeouts.total
         try:
             async with self._limiter.slot(_endpoint_of(target), wait=wait):

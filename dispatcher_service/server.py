@@ -181,6 +181,8 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         ),
         per_host_limit=settings.max_concurrent_per_endpoint,
         total_limit=settings.max_concurrent_deliveries,
+        # The worker starts no more than these limits allow.
+        limit_slots=False,
         user_agent=USER_AGENT,
     )
     worker = DeliveryWorker(

@@ -292,11 +292,13 @@ class DeliveryWorker:
                 continue
             backoff = self._limits.poll_interval
             self._outage.ended()
+            saturated = len(self._saturated)
             busy = [delivery.id for delivery in claimed if not self._take(delivery)]
             if busy:
                 self._claim_size = max(1, len(claimed) - len(busy))
                 await self._unclaim(busy)
-            elif len(claimed) == want:
+            elif len(claimed) == want and len(self._saturated) == saturated:
+                # Everything fitted and no endpoint filled up: ask for more next time.
                 self._claim_size = min(self._limits.claim_batch, 2 * self._claim_size)
             if len(claimed) < want:
                 if excluded:
@@ -355,8 +357,14 @@ class DeliveryWorker:
             self._queued.pop(endpoint, None)
             if self._endpoint_load[endpoint] <= 0:
                 del self._endpoint_load[endpoint]
-            if self._saturated.pop(endpoint, None) is not None:
-                self._wake.set()  # its subscriptions may be claimed again
+        waiting = len(queue) if queue else 0
+        # Half drained: claim its subscriptions again while the other half keeps the
+        # endpoint busy, asking for as many as its queue has room for.
+        if waiting <= self._limits.per_endpoint // 2 and endpoint in self._saturated:
+            del self._saturated[endpoint]
+            room = self._limits.per_endpoint - waiting
+            self._claim_size = max(self._claim_size, min(room, self._limits.claim_batch))
+            self._wake.set()
         if self._limits.max_in_flight - len(self._in_flight) >= self._claim_room:
             self._room.set()
 

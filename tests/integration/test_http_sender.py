@@ -578,3 +578,21 @@ async def test_waiting_too_long_for_a_slot_fails_as_endpoint_busy(receiver: Rece
         f"endpoint busy: no free slot for http://127.0.0.1:{receiver.port} in 0.2s"
     )
     assert receiver.hits["/hang"] == 1
+
+
+async def test_without_slots_the_connector_still_caps_an_endpoint(receiver: Receiver) -> None:
+    # The delivery worker admits no more than the limits itself and turns the slots off;
+    # nothing then fails as "endpoint busy", and aiohttp's connector still holds the cap.
+    timeouts = Timeouts(connect=1.0, total=30.0, slot_wait=0.2)
+    async with HttpSender(
+        policy=LOOPBACK, timeouts=timeouts, per_host_limit=3, limit_slots=False
+    ) as unslotted:
+        tasks = [asyncio.create_task(post(unslotted, receiver.url("/hang"))) for _ in range(9)]
+        await receiver.wait_hanging(3)
+        await asyncio.sleep(0.4)  # past the slot wait
+        in_flight = receiver.hanging
+        receiver.release.set()
+        results = await asyncio.gather(*tasks)
+
+    assert in_flight == 3
+    assert [(r.status_code, r.error) for r in results] == [(200, None)] * 9
