@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from dispatcher_service.models import DUE_CONDITION, DeliveryRow
+from dispatcher_service.models import DUE_CONDITION, DeliveryRow, EventRow
 
 __all__ = ["claim_statement"]
 
@@ -37,8 +37,10 @@ def _due() -> sa.Select[Any]:
 
 @functools.cache
 def claim_statement(dialect: str, *, excluding: bool = False) -> sa.Update:
-    """UPDATE ... RETURNING id that leases up to `:limit` deliveries due at `:now` to
+    """UPDATE ... RETURNING that leases up to `:limit` deliveries due at `:now` to
     `:owner` until `:lease_until`; `excluding`: none of the subscriptions `:excluded`.
+    Returns what sending needs, payload included, in one statement: the id, tenant,
+    subscription_id, message_id, message_type, url, attempt_count and payload of each.
     Built once per backend and variant, with parameters bound."""
     due = _due()
     if excluding:
@@ -55,5 +57,16 @@ def claim_statement(dialect: str, *, excluding: bool = False) -> sa.Update:
             lease_owner=sa.bindparam("owner"),
             lease_expires=sa.bindparam("lease_until", type_=sa.DateTime(timezone=True)),
         )
-        .returning(col(DeliveryRow.id))
+        .returning(
+            col(DeliveryRow.id),
+            col(DeliveryRow.tenant),
+            col(DeliveryRow.subscription_id),
+            col(DeliveryRow.message_id),
+            col(DeliveryRow.message_type),
+            col(DeliveryRow.url),
+            col(DeliveryRow.attempt_count),
+            sa.select(col(EventRow.payload))
+            .where(col(EventRow.id) == col(DeliveryRow.event_id))
+            .scalar_subquery(),
+        )
     )

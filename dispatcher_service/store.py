@@ -67,21 +67,18 @@ _COMPLETE = (
         update_time=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)),
     )
 )
-_CLAIMED = (
-    sa.select(
-        _DELIVERIES.c.id,
-        _DELIVERIES.c.tenant,
-        _DELIVERIES.c.subscription_id,
-        _DELIVERIES.c.message_id,
-        _DELIVERIES.c.message_type,
-        _DELIVERIES.c.url,
-        _DELIVERIES.c.attempt_count,
-        _EVENTS.c.payload,
+_UNCLAIM = (
+    sa.update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
     )
-    .join(_EVENTS, _EVENTS.c.id == _DELIVERIES.c.event_id)
-    .where(_DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(_DELIVERIES.c.next_attempt_time)
+    .values(lease_owner=None, lease_expires=None)
 )
+_FORGET_HEALTH = sa.delete(_HEALTH).where(
+    _HEALTH.c.subscription_id.in_(sa.bindparam("subscription_ids", expanding=True))
+)
+_INSERT_ATTEMPTS = sa.insert(_ATTEMPTS)
 _UNMARK = (
     sa.update(_DELIVERIES)
     .where(
@@ -296,8 +293,8 @@ class DeliveryStore:
         lease: timedelta,
         excluded: Collection[str] = (),
     ) -> list[ClaimedDelivery]:
-        """Leases up to `limit` due deliveries to `owner` and returns them, oldest due first;
-        none of the subscriptions in `excluded`."""
+        """Leases the (up to `limit`) longest due deliveries to `owner`, none of the
+        subscriptions in `excluded`, and returns them in the order they were created."""
         parameters: dict[str, object] = {
             "owner": owner,
             "now": now,
@@ -308,24 +305,23 @@ class DeliveryStore:
             parameters["excluded"] = list(excluded)
         statement = claim_statement(self._dialect, excluding=bool(excluded))
         with self._writing(durable=False) as connection:
-            ids = [row[0] for row in connection.execute(statement, parameters)]
-            if not ids:
-                return []
-            # Only what a delivery needs: every datetime column read costs a parse per row.
-            rows = connection.execute(_CLAIMED, {"ids": ids})
-            return [
-                ClaimedDelivery(
-                    id=row[0],
-                    tenant=row[1],
-                    subscription_id=row[2],
-                    message_id=row[3],
-                    message_type=row[4],
-                    url=row[5],
-                    attempt_count=row[6],
-                    payload=row[7],
-                )
-                for row in rows
-            ]
+            rows = connection.execute(statement, parameters).all()
+        claimed = [
+            ClaimedDelivery(
+                id=row[0],
+                tenant=row[1],
+                subscription_id=row[2],
+                message_id=row[3],
+                message_type=row[4],
+                url=row[5],
+                attempt_count=row[6],
+                payload=row[7],
+            )
+            for row in rows
+        ]
+        # Ids sort by creation time; RETURNING keeps no order.
+        claimed.sort(key=lambda delivery: delivery.id)
+        return claimed
 
     @unavailable_on_database_errors
     def complete(
@@ -376,7 +372,7 @@ class DeliveryStore:
             recorded = [c for c in completions if c.delivery_id in held]
             if recorded:
                 connection.execute(
-                    sa.insert(_ATTEMPTS),
+                    _INSERT_ATTEMPTS,
                     [
                         {
                             "delivery_id": c.delivery_id,
@@ -406,7 +402,7 @@ class DeliveryStore:
                 run.failures, run.reset = 0, True
         healthy = [sid for sid, run in runs.items() if not run.failures]
         if healthy:
-            connection.execute(sa.delete(_HEALTH).where(_HEALTH.c.subscription_id.in_(healthy)))
+            connection.execute(_FORGET_HEALTH, {"subscription_ids": healthy})
         failing = []
         insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         for subscription_id, run in runs.items():
@@ -449,11 +445,7 @@ class DeliveryStore:
     def unclaim(self, *, ids: Sequence[str], owner: str) -> None:
         """Gives back the leases of `ids` untouched: no attempt, due as they were."""
         with self._writing(durable=False) as connection:
-            connection.execute(
-                sa.update(_DELIVERIES)
-                .where(_DELIVERIES.c.id.in_(ids), _DELIVERIES.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires=None)
-            )
+            connection.execute(_UNCLAIM, {"ids": list(ids), "owner": owner})
 
     @unavailable_on_database_errors
     def release(self, *, owner: str) -> None:
