@@ -12,6 +12,7 @@ from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.signing import KeyRingError
 from service_common.auth import TokensFileError
 from service_common.logs import configure_logging
+from service_common.settings import settings_problems
 from service_common.tracing import configure_tracing
 
 
@@ -19,7 +20,10 @@ def main() -> int:
     try:
         settings = DispatcherSettings()
     except ValidationError as exc:
-        print(f"invalid DISPATCHER_* settings:\n{exc}", file=sys.stderr)
+        print(
+            f"invalid DISPATCHER_* settings: {settings_problems(exc, 'DISPATCHER_')}",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tracing = configure_tracing(settings.tracing_exporter, service_name="dispatcher")

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.signing import KeyRing, KeyRingError, SignatureAlgorithm
+from service_common.settings import settings_problems
 
 _BY_NAME = {algorithm.jws_name: algorithm for algorithm in SignatureAlgorithm}
 
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = DispatcherSettings()
     except ValidationError as exc:
-        print(f"invalid DISPATCHER_* settings:\n{exc}", file=sys.stderr)
+        print(
+            f"invalid DISPATCHER_* settings: {settings_problems(exc, 'DISPATCHER_')}",
+            file=sys.stderr,
+        )
         return 2
     try:
         ring = KeyRing.open(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from service_common.settings import ServiceSettings
@@ -52,7 +52,8 @@ class DispatcherSettings(ServiceSettings):
     max_concurrent_deliveries: int = Field(default=256, ge=1)
     max_concurrent_per_endpoint: int = Field(default=16, ge=1)
     # A worker owns a claimed delivery this long; it must exceed twice the attempt timeout
-    # (a delivery may wait for one attempt to its endpoint before making its own).
+    # (a delivery may wait for one attempt to its endpoint before making its own), or a
+    # delivery still waiting could be claimed and sent by another replica as well.
     lease_seconds: float = Field(default=60.0, gt=0)
     # How often idle workers look for due deliveries published by other replicas.
     poll_interval_seconds: float = Field(default=0.5, gt=0)
@@ -70,3 +71,13 @@ class DispatcherSettings(ServiceSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_two_attempts(self) -> Self:
+        if self.lease_seconds <= 2 * self.attempt_timeout_seconds:
+            prefix = self.model_config.get("env_prefix", "")
+            raise ValueError(
+                f"{prefix}LEASE_SECONDS ({self.lease_seconds:g}) must exceed twice "
+                f"{prefix}ATTEMPT_TIMEOUT_SECONDS ({self.attempt_timeout_seconds:g})"
+            )
+        return self

@@ -16,6 +16,8 @@ from alembic.util import CommandError
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from service_common.settings import settings_problems
+
 __all__ = ["run_migrate_command"]
 
 
@@ -34,10 +36,7 @@ def run_migrate_command(
     try:
         loaded = settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{prefix}{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
-        print(f"invalid {prefix}* settings: {problems}", file=sys.stderr)
+        print(f"invalid {prefix}* settings: {settings_problems(exc, prefix)}", file=sys.stderr)
         return 2
     url: str = getattr(loaded, "database_url")  # noqa: B009 - both services' settings have it
     try:

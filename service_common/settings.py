@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings
 
-__all__ = ["ServiceSettings"]
+__all__ = ["ServiceSettings", "settings_problems"]
 
 
 class ServiceSettings(BaseSettings):
@@ -30,3 +30,15 @@ class ServiceSettings(BaseSettings):
     tls_key_file: Path | None = None
     # With TLS on: clients must present a certificate signed by this CA (mutual TLS).
     tls_client_ca_file: Path | None = None
+
+
+def settings_problems(error: ValidationError, prefix: str) -> str:
+    """One line naming each bad setting by its variable (`prefix` + name), never echoing
+    a value given: a database URL may hold a password."""
+    problems = []
+    for problem in error.errors(include_input=False):
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["loc"]:
+            message = f"{prefix}{'_'.join(map(str, problem['loc'])).upper()}: {message}"
+        problems.append(message)
+    return "; ".join(problems)

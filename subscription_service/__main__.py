@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from service_common.auth import TokensFileError
 from service_common.logs import configure_logging
+from service_common.settings import settings_problems
 from service_common.tracing import configure_tracing
 from subscription_service.server import serve
 from subscription_service.settings import SubscriptionSettings
@@ -18,7 +19,10 @@ def main() -> int:
     try:
         settings = SubscriptionSettings()
     except ValidationError as exc:
-        print(f"invalid SUBSCRIPTIONS_* settings:\n{exc}", file=sys.stderr)
+        print(
+            f"invalid SUBSCRIPTIONS_* settings: {settings_problems(exc, 'SUBSCRIPTIONS_')}",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tracing = configure_tracing(settings.tracing_exporter, service_name="subscription-service")

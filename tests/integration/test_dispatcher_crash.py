@@ -53,7 +53,7 @@ def dispatcher_env(
         overrides={
             "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s,0.2s",
             # A short lease, so what the killed process held is claimed again soon.
-            "DISPATCHER_LEASE_SECONDS": "3",
+            "DISPATCHER_LEASE_SECONDS": "5",
             "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "2",
         },
     )

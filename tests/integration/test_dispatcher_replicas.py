@@ -65,7 +65,7 @@ def replica_env(
             directory=directory,
             overrides={
                 "DISPATCHER_RETRY_SCHEDULE": "0s,0.2s,0.2s,0.2s",
-                "DISPATCHER_LEASE_SECONDS": "10",
+                "DISPATCHER_LEASE_SECONDS": "11",
                 "DISPATCHER_ATTEMPT_TIMEOUT_SECONDS": "5",
                 "DISPATCHER_SHUTDOWN_GRACE_SECONDS": "1",
             },

@@ -206,6 +206,7 @@ async def test_an_unreachable_database_fails_with_one_line(tmp_path: Path) -> No
         ("subscription_service", "SUBSCRIPTIONS_WATCH_QUEUE_SIZE", "0"),
         ("subscription_service", "SUBSCRIPTIONS_DATABASE_URL", "not a url"),
         ("dispatcher_service", "DISPATCHER_LEASE_SECONDS", "-1"),
+        ("dispatcher_service", "DISPATCHER_LEASE_SECONDS", "30"),
         ("dispatcher_service", "DISPATCHER_DATABASE_URL", "nosuchdriver://x/y"),
     ],
 )

@@ -1,0 +1,41 @@
+"""Settings checks that span several settings, and how a refused setting is reported."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from dispatcher_service.settings import DispatcherSettings
+from service_common.settings import settings_problems
+
+
+def test_the_lease_must_outlast_two_attempts() -> None:
+    # A delivery may wait one attempt for its endpoint's slot, then make its own: a
+    # shorter lease would let another replica claim and send it meanwhile.
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings(lease_seconds=30, attempt_timeout_seconds=15)
+    assert settings_problems(refused.value, "DISPATCHER_") == (
+        "DISPATCHER_LEASE_SECONDS (30) must exceed twice DISPATCHER_ATTEMPT_TIMEOUT_SECONDS (15)"
+    )
+    assert DispatcherSettings(lease_seconds=31, attempt_timeout_seconds=15).lease_seconds == 31
+
+
+def test_problems_name_each_variable_and_never_echo_a_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISPATCHER_DATABASE_URL", "postgresql+psycopg://u:hunter2@db/x")
+    monkeypatch.setenv("DISPATCHER_MAX_CONCURRENT_DELIVERIES", "0")
+    monkeypatch.setenv("DISPATCHER_LEASE_SECONDS", "2")
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings()
+    problems = settings_problems(refused.value, "DISPATCHER_")
+    assert problems == (
+        "DISPATCHER_MAX_CONCURRENT_DELIVERIES: Input should be greater than or equal to 1"
+    )
+    assert "hunter2" not in problems
+    monkeypatch.setenv("DISPATCHER_MAX_CONCURRENT_DELIVERIES", "1")
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings()
+    problems = settings_problems(refused.value, "DISPATCHER_")
+    assert problems.startswith("DISPATCHER_LEASE_SECONDS (2) must exceed twice")
+    assert "hunter2" not in problems
