@@ -25,6 +25,21 @@ __all__ = ["as_utc", "create_engine", "migrate", "unavailable_on_database_errors
 CONNECT_TIMEOUT_SECONDS = 5
 # Seconds a call waits for a free pooled connection before it answers UNAVAILABLE.
 POOL_TIMEOUT_SECONDS = 10
+# A server that vanishes without closing its connections (a host lost, a partition)
+# answers nothing, not even a refusal: TCP keepalives notice an idle connection after
+# about 10 + 3 x 5 seconds, and unacknowledged writes give up after 30 s, instead of a
+# call hanging for as long as the operating system retransmits (minutes). libpq names;
+# the URL's own query parameters win.
+POSTGRES_TCP_SETTINGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+# SQLSTATE of a write refused by a read-only server: a standby that was, or still is,
+# behind the address after a failover. Waiting for the new primary is the answer.
+_READ_ONLY_SQL_TRANSACTION = "25006"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,7 +55,8 @@ def unavailable_on_database_errors(method: Callable[P, R]) -> Callable[P, R]:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable("the database is unavailable") from exc
         except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
+            read_only = getattr(exc.orig, "sqlstate", None) == _READ_ONLY_SQL_TRANSACTION
+            if exc.connection_invalidated or read_only:
                 raise StoreUnavailable("the database is unavailable") from exc
             raise
 
@@ -73,8 +89,9 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int 
     # A server that does not answer at all (not even a refusal) must not hold a call for
     # minutes: libpq would wait as long as the operating system does.
     connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    if parsed.get_backend_name() == "postgresql":
+        defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **POSTGRES_TCP_SETTINGS}
+        connect_args = {k: v for k, v in defaults.items() if k not in parsed.query}
     # pre_ping replaces connections the server closed (a restart) instead of failing a call.
     return sa.create_engine(
         url,

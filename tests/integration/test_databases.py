@@ -1,8 +1,11 @@
-"""The databases: migrations match the models, and outages answer UNAVAILABLE."""
+"""The databases: migrations match the models, connections to PostgreSQL notice a vanished
+server, and outages (a server gone, a read-only server) answer UNAVAILABLE."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
@@ -10,6 +13,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from dispatcher_service.database import migrate as migrate_deliveries
+from dispatcher_service.domain import PreparedEvent, Target
+from dispatcher_service.store import DeliveryStore
+from service_common.database import create_engine
+from service_common.errors import StoreUnavailable
 from subscription_service.server import create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import PostgresDatabase, Tokens
@@ -65,3 +73,81 @@ async def test_calls_answer_unavailable_while_the_database_is_gone(
                 assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await running.stop(0)
+
+
+@pytest.mark.postgres
+def test_postgres_connections_keep_alive_unless_the_url_says_otherwise(
+    postgres_database: PostgresDatabase,
+) -> None:
+    def parameters(url: str) -> dict[str, str]:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                driver = connection.connection.driver_connection
+                return dict(driver.info.get_parameters())  # type: ignore[union-attr]
+        finally:
+            engine.dispose()
+
+    defaults = parameters(postgres_database.url)
+    assert {key: defaults.get(key) for key in ("keepalives", "keepalives_idle")} == {
+        "keepalives": "1",
+        "keepalives_idle": "10",
+    }
+    assert defaults.get("tcp_user_timeout") == "30000"
+    assert defaults.get("connect_timeout") == "5"
+    own = parameters(f"{postgres_database.url}?keepalives_idle=60&connect_timeout=2")
+    assert (own.get("keepalives_idle"), own.get("connect_timeout")) == ("60", "2")
+    assert own.get("keepalives_count") == "3"
+
+
+@pytest.mark.postgres
+async def test_a_read_only_server_answers_unavailable(
+    new_postgres_database: Callable[[], PostgresDatabase], tokens: Tokens
+) -> None:
+    # A standby behind the database's address after a failover takes reads and refuses
+    # writes until the new primary is there: writes answer UNAVAILABLE (retry), not UNKNOWN.
+    subscriptions, deliveries = new_postgres_database(), new_postgres_database()
+    settings = SubscriptionSettings(
+        grpc_addr="127.0.0.1:0", database_url=subscriptions.url, auth_tokens_file=tokens.file
+    )
+    await (await create_server(settings)).stop(0)  # migrates
+    engine = create_engine(deliveries.url)
+    migrate_deliveries(engine)
+    for database in (subscriptions, deliveries):
+        with database.admin_connect() as admin:
+            admin.execute(
+                f'ALTER DATABASE "{database.name}" SET default_transaction_read_only = on'
+            )
+    engine.dispose()  # new connections are read-only
+
+    running = await create_server(settings.model_copy(update={"migrate_on_start": False}))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = Stub(channel)
+            listed = await stub.ListSubscriptions(
+                pb.ListSubscriptionsRequest(), metadata=auth(tokens.acme)
+            )
+            assert list(listed.subscriptions) == []
+            request = pb.CreateSubscriptionRequest(
+                subscription=pb.Subscription(
+                    url="https://receiver.example.com/in", message_types=["event.claim.*"]
+                )
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.CreateSubscription(request, metadata=auth(tokens.acme))
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await running.stop(0)
+
+    event = PreparedEvent(
+        tenant="acme",
+        message_id="m1",
+        message_type="event.claim.created.v1",
+        payload='{"messageId":"m1"}',
+        targets=(Target("sub_1", "https://receiver.example.com/in"),),
+    )
+    try:
+        with pytest.raises(StoreUnavailable):
+            DeliveryStore(engine).ingest([event], now=datetime.now(UTC))
+    finally:
+        engine.dispose()
