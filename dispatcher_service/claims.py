@@ -36,16 +36,31 @@ def _due() -> sa.Select[Any]:
 
 
 @functools.cache
-def claim_statement(dialect: str, *, excluding: bool = False) -> sa.Update:
+def claim_statement(
+    dialect: str, *, excluding: bool = False, after: bool = False, only: bool = False
+) -> sa.Update:
     """UPDATE ... RETURNING that leases up to `:limit` deliveries due at `:now` to
-    `:owner` until `:lease_until`; `excluding`: none of the subscriptions `:excluded`.
+    `:owner` until `:lease_until`, oldest due first. Variants:
+
+    `excluding`: none of the subscriptions `:excluded`;
+    `after`: only those due after `:after`, a range of the due index rather than all of
+        it (the excluded subscriptions' backlog is not read again);
+    `only`: only those of subscription `:only`, through its own due index.
+
     Returns what sending needs, payload included, in one statement: the id, tenant,
-    subscription_id, message_id, message_type, url, attempt_count and payload of each.
-    Built once per backend and variant, with parameters bound."""
+    subscription_id, message_id, message_type, url, attempt_count, payload and due time
+    (next_attempt_time) of each. Built once per backend and variant, parameters bound."""
     due = _due()
+    if only:
+        due = due.where(col(DeliveryRow.subscription_id) == sa.bindparam("only"))
     if excluding:
         due = due.where(
             col(DeliveryRow.subscription_id).not_in(sa.bindparam("excluded", expanding=True))
+        )
+    if after:
+        due = due.where(
+            col(DeliveryRow.next_attempt_time)
+            > sa.bindparam("after", type_=sa.DateTime(timezone=True))
         )
     due = due.limit(sa.bindparam("limit", type_=sa.Integer))
     if dialect == "postgresql":
@@ -68,5 +83,6 @@ def claim_statement(dialect: str, *, excluding: bool = False) -> sa.Update:
             sa.select(col(EventRow.payload))
             .where(col(EventRow.id) == col(DeliveryRow.event_id))
             .scalar_subquery(),
+            col(DeliveryRow.next_attempt_time),
         )
     )

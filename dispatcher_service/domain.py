@@ -77,6 +77,8 @@ class ClaimedDelivery:
     url: str
     attempt_count: int
     payload: str
+    # When it became due (its next_attempt_time), as the claim found it.
+    due_time: datetime
 
 
 @dataclass(frozen=True, kw_only=True)

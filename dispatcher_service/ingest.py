@@ -117,7 +117,7 @@ class Ingestor:
         registry: Registry,
         routes: RouteSource,
         clock: Callable[[], datetime] = _utc_now,
-        on_stored: Callable[[], None] = lambda: None,
+        on_stored: Callable[[set[str]], None] = lambda subscription_ids: None,
         metrics: DispatcherMetrics | None = None,
         limiter: TenantRateLimiter | None = None,
     ) -> None:
@@ -146,7 +146,8 @@ class Ingestor:
             self._take_rate(self._limiter, good)
         stored = iter(await self._writer.ingest(good, now=now) if good else [])
         if good:
-            self._on_stored()
+            # The subscriptions that may have new deliveries (duplicates have none).
+            self._on_stored({t.subscription_id for event in good for t in event.targets})
         results = [item if isinstance(item, Rejected) else next(stored) for item in checked]
         self._count(results)
         return results

@@ -61,6 +61,15 @@ class DeliveryRow(DispatcherTable, table=True):
             sqlite_where=sa.text(DUE_CONDITION),
             postgresql_where=sa.text(DUE_CONDITION),
         ),
+        # One subscription's due deliveries in time order: claimed once its endpoint has
+        # room again, without walking everyone else's (see worker.py).
+        sa.Index(
+            "ix_deliveries_subscription_due",
+            "subscription_id",
+            "next_attempt_time",
+            sqlite_where=sa.text(DUE_CONDITION),
+            postgresql_where=sa.text(DUE_CONDITION),
+        ),
         sa.Index("ix_deliveries_tenant_created", "tenant", "create_time", "id"),
         sa.Index("ix_deliveries_subscription", "subscription_id", "create_time"),
         sa.Index("ix_deliveries_message", "tenant", "message_id"),

@@ -282,9 +282,13 @@ class DeliveryStore:
         now: datetime,
         lease: timedelta,
         excluded: Collection[str] = (),
+        due_after: datetime | None = None,
+        only: str | None = None,
     ) -> list[ClaimedDelivery]:
-        """Leases the (up to `limit`) longest due deliveries to `owner`, none of the
-        subscriptions in `excluded`, and returns them in the order they were created."""
+        """Leases the (up to `limit`) longest due deliveries to `owner`: none of the
+        subscriptions in `excluded`; given `due_after`, only those due after it; given
+        `only`, only those of that subscription. Returns them in the order they were
+        created."""
         parameters: dict[str, object] = {
             "owner": owner,
             "now": now,
@@ -293,7 +297,16 @@ class DeliveryStore:
         }
         if excluded:
             parameters["excluded"] = list(excluded)
-        statement = claim_statement(self._dialect, excluding=bool(excluded))
+        if due_after is not None:
+            parameters["after"] = due_after
+        if only is not None:
+            parameters["only"] = only
+        statement = claim_statement(
+            self._dialect,
+            excluding=bool(excluded),
+            after=due_after is not None,
+            only=only is not None,
+        )
         with self._writing(durable=False) as connection:
             rows = connection.execute(statement, parameters).all()
         claimed = [
@@ -306,6 +319,7 @@ class DeliveryStore:
                 url=row[5],
                 attempt_count=row[6],
                 payload=row[7],
+                due_time=as_utc(row[8]),
             )
             for row in rows
         ]

@@ -15,8 +15,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -54,8 +54,14 @@ __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 _MAX_KNOWN_URLS = 10_000
-# How often a worker whose busy endpoints hold all that is due looks for other work.
+# Subscriptions named by `wake` and not claimed yet; beyond this, any new work is assumed.
+_MAX_WOKEN = 10_000
+# How often a worker whose busy endpoints hold all that is due looks through everything
+# due for other work (in between, new deliveries are looked at alone).
 _SATURATED_POLL = 0.5
+# How far back such a look at new deliveries reaches before the last one: an ingestion
+# takes its time before its transaction commits, so its deliveries may show up that late.
+_LOOK_BACK = timedelta(seconds=0.25)
 _T = TypeVar("_T")
 
 # While the database is away the claim loop waits twice as long after each failed claim,
@@ -130,6 +136,22 @@ def build_body(payload: str, signature: str) -> bytes:
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _LookedThrough:
+    """What the claims since the last look through everything have found: every delivery
+    due by `until` outside `besides` was then claimed or not due. `drained`: the last one
+    came back short, or all it took went to endpoints now full, so looking again is left
+    to new work.
+
+    While that holds, a claim need not walk past the skipped subscriptions' backlog again
+    (a dead endpoint may have many thousands of due deliveries): it looks at what became
+    due after `until`, or at one subscription through its own index."""
+
+    besides: frozenset[str]
+    until: datetime
+    drained: bool
 
 
 class _Outage:
@@ -210,16 +232,24 @@ class DeliveryWorker:
         # How many deliveries a claim asks for: less after deliveries had to be given back
         # (one busy endpoint holds most of what is due), more again once claims fit.
         self._claim_size = limits.claim_batch
-        # The excluded subscriptions of the last claim that found nothing else due. A claim
-        # that excludes subscriptions reads past every due delivery of theirs, so while it
-        # could only find the same nothing it is not made: until new events (`wake`), an
-        # endpoint with room again, or a poll.
-        self._drained_besides: frozenset[str] | None = None
+        # A claim that skips the subscriptions of full endpoints reads past every due
+        # delivery of theirs, and a dead endpoint's backlog may be huge. So while some
+        # endpoint is full, what was looked through is remembered, and the subscriptions
+        # that ingestion names (`wake`) and those of an endpoint with room again are
+        # claimed through their own index; other new work (a redelivery) by a look at
+        # what became due since. A poll looks through everything again.
+        self._looked: _LookedThrough | None = None
+        self._new_work = False
+        self._woken: set[str] = set()
         self._outage = _Outage()
 
-    def wake(self) -> None:
-        """Tells the worker that new deliveries are due (called after ingestion)."""
-        self._drained_besides = None
+    def wake(self, subscription_ids: Collection[str] = ()) -> None:
+        """Tells the worker that new deliveries are due: for `subscription_ids` (after an
+        ingestion), or for any subscription (none given)."""
+        if subscription_ids and len(self._woken) + len(subscription_ids) <= _MAX_WOKEN:
+            self._woken.update(subscription_ids)
+        else:
+            self._new_work = True
         self._wake.set()
 
     def start(self) -> None:
@@ -254,8 +284,9 @@ class DeliveryWorker:
         while not self._stopping:
             if not self._routes.is_ready():
                 # Until the first routing table arrives every subscription looks deleted;
-                # claiming now would kill deliveries that are merely early.
-                await asyncio.sleep(self._limits.poll_interval)
+                # claiming now would kill deliveries that are merely early. The first
+                # ingestion (which waits for the table too) or a poll ends the wait.
+                await self._idle()
                 continue
             free = self._limits.max_in_flight - len(self._in_flight)
             if free < self._claim_room:
@@ -264,19 +295,39 @@ class DeliveryWorker:
                 continue
             want = min(free, self._claim_size)
             excluded = frozenset().union(*self._saturated.values())
-            drained = self._drained_besides
-            if excluded and drained is not None and excluded >= drained:
-                if not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
-                    self._drained_besides = None  # polled: other replicas' work, maybe
-                continue
+            looked = self._looked if excluded else None
+            due_after: datetime | None = None
+            only: str | None = None
+            if looked is not None:
+                freed = looked.besides - excluded
+                # Those of full endpoints are claimed once these have room again.
+                self._woken -= excluded
+                if freed:
+                    only = min(freed)  # its endpoint has room again
+                elif self._woken:
+                    only = min(self._woken)
+                elif looked.drained and not self._new_work:
+                    if not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
+                        # Polled: look through everything again, for what other replicas
+                        # gave back and leases that ran out.
+                        self._looked = None
+                    continue
+                else:
+                    due_after = looked.until - _LOOK_BACK
+                    self._new_work = False
+            else:
+                self._new_work = False
+            now = self._clock()
             try:
                 claimed = await self._store_call(
                     self._store.claim,
                     owner=self.owner,
                     limit=want,
-                    now=self._clock(),
+                    now=now,
                     lease=self._limits.lease,
-                    excluded=excluded,
+                    excluded=excluded if only is None else (),
+                    due_after=due_after,
+                    only=only,
                 )
             except Exception as error:
                 if isinstance(error, StoreUnavailable):
@@ -292,18 +343,39 @@ class DeliveryWorker:
                 continue
             backoff = self._limits.poll_interval
             self._outage.ended()
-            saturated = len(self._saturated)
+            queued = self._queued_total
             busy = [delivery.id for delivery in claimed if not self._take(delivery)]
             if busy:
                 self._claim_size = max(1, len(claimed) - len(busy))
                 await self._unclaim(busy)
-            elif len(claimed) == want and len(self._saturated) == saturated:
-                # Everything fitted and no endpoint filled up: ask for more next time.
+            elif len(claimed) == want and self._queued_total == queued:
+                # Everything started at once: ask for more next time.
                 self._claim_size = min(self._limits.claim_batch, 2 * self._claim_size)
-            if len(claimed) < want:
-                if excluded:
-                    self._drained_besides = excluded
-                await self._idle()
+            short = len(claimed) < want
+            # What was given back just now stays due: its subscriptions (their endpoints
+            # are full now) must not count as looked through.
+            full_now = frozenset().union(*self._saturated.values())
+            if only is not None:
+                assert looked is not None
+                # Short: all of its due deliveries are taken, it is looked through too.
+                besides = looked.besides - {only} if short else looked.besides
+                self._looked = replace(looked, besides=besides | full_now)
+                if short:
+                    self._woken.discard(only)
+            else:
+                # Oldest due first: everything outside `excluded` due before the last one
+                # claimed was claimed too. When all it claimed went to endpoints now full,
+                # what else is due is left to new events, endpoints with room and polls:
+                # looking again would walk past their backlog for little.
+                until = now if short else max(delivery.due_time for delivery in claimed)
+                drained = short or {d.subscription_id for d in claimed} <= full_now
+                self._looked = _LookedThrough(
+                    besides=excluded | full_now, until=until, drained=drained
+                )
+                if short:
+                    self._woken.clear()
+                    if not excluded:
+                        await self._idle()
 
     def _take(self, delivery: ClaimedDelivery) -> bool:
         """Starts sending `delivery`, or queues it for a slot of its endpoint; False when

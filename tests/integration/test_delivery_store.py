@@ -72,6 +72,37 @@ def test_ingest_stores_one_delivery_per_target_and_skips_duplicates(store: Deliv
     assert sorted(d.subscription_id for d in page) == ["s1", "s2"]
 
 
+def test_claims_skip_excluded_subscriptions_or_look_after_a_time_or_at_one_subscription(
+    store: DeliveryStore,
+) -> None:
+    store.ingest([event("old-slow", "slow"), event("old-ok", "ok")], now=NOW)
+    later = NOW + timedelta(seconds=10)
+    store.ingest([event("new-slow", "slow"), event("new-ok", "ok")], now=later)
+    at = later + timedelta(seconds=1)
+
+    def claim(**kwargs: object) -> list[str]:
+        claimed = store.claim(owner="w", limit=10, now=at, lease=LEASE, **kwargs)  # type: ignore[arg-type]
+        return [c.message_id for c in claimed]
+
+    # Due after NOW + 5 s and not the slow subscription: the new delivery of "ok" only.
+    assert claim(excluded={"slow"}, due_after=NOW + timedelta(seconds=5)) == ["new-ok"]
+    assert claim(excluded={"slow"}) == ["old-ok"]
+    assert claim(due_after=NOW + timedelta(seconds=5)) == ["new-slow"]
+    assert claim(only="ok") == []
+    assert claim(only="slow") == ["old-slow"]
+    assert claim() == []
+
+
+def test_a_claim_says_when_each_delivery_became_due(store: DeliveryStore) -> None:
+    store.ingest([event("m1", "s1")], now=NOW)
+    store.ingest([event("m2", "s1")], now=NOW + timedelta(seconds=3))
+    claimed = store.claim(owner="w", limit=10, now=NOW + timedelta(seconds=5), lease=LEASE)
+    assert [(c.message_id, c.due_time) for c in claimed] == [
+        ("m1", NOW),
+        ("m2", NOW + timedelta(seconds=3)),
+    ]
+
+
 def test_claims_lease_each_due_delivery_to_one_owner(store: DeliveryStore) -> None:
     store.ingest([event(f"m{i}", "s1") for i in range(10)], now=NOW)
     first = store.claim(owner="a", limit=6, now=NOW, lease=LEASE)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import grpc
 import pytest
 
 from dispatcher_service.server import RunningDispatcher
+from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
-from tests.integration.conftest import auth, publish, routed
+from tests.integration.conftest import auth, eventually, publish, routed
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_event, subscribe
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -81,3 +84,59 @@ async def test_a_hanging_endpoint_does_not_hold_up_the_others(
     # The hanging endpoint never had more than its own slots in use, and the deliveries
     # that found them taken were not charged an attempt for it.
     assert len(receiver.on("/hangs")) == PER_ENDPOINT
+
+
+async def test_new_events_for_other_endpoints_need_no_poll_while_one_is_full(
+    stub: Stub,
+    dispatcher_settings: DispatcherSettings,
+    receiver: Receiver,
+    healthy: Receiver,
+    tokens: Tokens,
+) -> None:
+    # While a full endpoint's backlog waits, claims look only at what became due since
+    # the last look through everything, and at an endpoint with room again through its
+    # subscriptions' own index, not at that backlog again; what is published meanwhile
+    # is still found at once, long before the next poll.
+    dispatcher = await create_dispatcher(
+        dispatcher_settings.model_copy(
+            update={"poll_interval_seconds": 60.0, "max_concurrent_deliveries": 64}
+        )
+    )
+    try:
+        await asyncio.wait_for(dispatcher.follower.ready.wait(), 10)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{dispatcher.port}") as channel:
+            publisher = DispatcherStub(channel)
+            receiver.script("/hangs", "hang")
+            await subscribe(stub, tokens.acme, receiver.url("/hangs"), CLAIM_CREATED)
+            await routed(dispatcher, "acme", CLAIM_CREATED, 1)
+            slow = [claim_event(f"h-{n}") for n in range(EVENTS)]
+            await publish(publisher, tokens.acme_publisher, slow)
+            await receiver.wait_for(PER_ENDPOINT, path="/hangs")
+            ok = await subscribe(stub, tokens.acme, healthy.url("/ok"), CLAIM_CREATED)
+            await routed(dispatcher, "acme", CLAIM_CREATED, 2)
+            # Ten at a time fill the healthy endpoint's slots and queue too, so its own
+            # subscription is skipped and claimed again as it drains.
+            for round_number in range(1, 4):
+                fresh = [claim_event(f"ok-{round_number}-{n}") for n in range(10)]
+                await publish(publisher, tokens.acme_publisher, fresh)
+                await healthy.wait_for(10 * round_number, path="/ok", within=2.5)
+
+            # A redelivery is new work too, of no subscription in particular; it waits
+            # until the first delivery is recorded (a delivery in flight is left alone).
+            async def redelivered() -> bool:
+                try:
+                    await publisher.RedeliverEvent(
+                        pb.RedeliverEventRequest(message_id="ok-1-0", subscription_id=ok.id),
+                        metadata=auth(tokens.acme_deliveries),
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    return False
+                return True
+
+            await eventually(redelivered, within=5)
+            await healthy.wait_for(31, path="/ok", within=2.5)
+        assert len(receiver.on("/hangs")) == PER_ENDPOINT
+    finally:
+        await dispatcher.stop(0)
