@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from pathlib import Path
@@ -86,6 +87,18 @@ def serve_endpoints(ports: Queue[list[int]]) -> None:
     asyncio.run(main())
 
 
+@contextlib.contextmanager
+def endpoints() -> Iterator[list[int]]:
+    """Runs the receiver process of `serve_endpoints`; yields its ports, healthy ones first."""
+    # spawn() is typed for the one port its own servers report; this one reports a list.
+    receiver, reported = spawn(serve_endpoints)
+    try:
+        yield cast("list[int]", reported)
+    finally:
+        receiver.terminate()
+        receiver.join(timeout=10)
+
+
 # --- one run ---------------------------------------------------------------------------
 
 
@@ -107,12 +120,12 @@ class Run:
         return self.succeeded < self.expected
 
 
-async def subscribe(setup: Setup, url: str) -> None:
+async def subscribe(setup: Setup, url: str, *, tenant: str = "bench") -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{setup.subscriptions.port}") as channel:
         await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
             sub_pb.CreateSubscriptionRequest(
                 subscription=sub_pb.Subscription(
-                    tenant="bench", url=url, message_types=["event.claim.*"]
+                    tenant=tenant, url=url, message_types=["event.claim.*"]
                 )
             ),
             metadata=AUTH,
@@ -259,14 +272,8 @@ def main() -> None:
     parser.add_argument("--per-endpoint", type=int, default=16, help="the dispatcher's default")
     parser.add_argument("--attempt-timeout", type=float, default=15.0, help="seconds (default)")
     args = parser.parse_args()
-    # spawn() is typed for the one port its own servers report; this one reports a list.
-    receiver, reported = spawn(serve_endpoints)
-    ports = cast("list[int]", reported)
-    try:
+    with endpoints() as ports:
         report(asyncio.run(run(args, ports)), args)
-    finally:
-        receiver.terminate()
-        receiver.join(timeout=10)
 
 
 if __name__ == "__main__":

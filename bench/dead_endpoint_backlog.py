@@ -33,42 +33,25 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blackhole_endpoint import ENDPOINTS, serve_endpoints
+from blackhole_endpoint import ENDPOINTS, endpoints, subscribe
 from dispatcher_rates import (
     AUTH,
     BATCH,
     DETAILS,
     Dispatcher,
-    Setup,
     new_setup,
     publish_all,
-    spawn,
     wait_delivered,
 )
 
 from webhooks.v1 import dispatcher_service_pb2 as pb
 from webhooks.v1 import dispatcher_service_pb2_grpc as pb_grpc
-from webhooks.v1 import subscription_service_pb2 as sub_pb
-from webhooks.v1 import subscription_service_pb2_grpc as sub_grpc
-
-
-async def subscribe_dead(setup: Setup, url: str) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{setup.subscriptions.port}") as channel:
-        await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
-            sub_pb.CreateSubscriptionRequest(
-                subscription=sub_pb.Subscription(
-                    tenant="dead", url=url, message_types=["event.claim.*"]
-                )
-            ),
-            metadata=AUTH,
-        )
 
 
 async def publish_dead(port: int, total: int) -> None:
@@ -104,7 +87,7 @@ async def live_rate(healthy: str, blackhole: str, backlog: int, events: int) -> 
     with tempfile.TemporaryDirectory() as directory:
         setup = await new_setup(Path(directory), healthy)
         try:
-            await subscribe_dead(setup, blackhole)
+            await subscribe(setup, blackhole, tenant="dead")
             dispatcher = Dispatcher(
                 {
                     **setup.environment(deliver=True),
@@ -163,13 +146,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="live events per run")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    receiver, reported = spawn(serve_endpoints)
-    ports = cast("list[int]", reported)
-    try:
+    with endpoints() as ports:
         report(asyncio.run(run(args, ports)), args)
-    finally:
-        receiver.terminate()
-        receiver.join(timeout=10)
 
 
 if __name__ == "__main__":
