@@ -10,7 +10,8 @@ Every server runs in a process of its own, as in production, and the client in t
   matches one subscription, so each also writes a delivery row;
 - raw POST: aiohttp POSTs, 64 in flight, to a receiver process answering 200;
 - delivery: a dispatcher process drains the backlog ingested above: claims, signs
-  (ECDSA P-256), POSTs to the same receiver and records every attempt;
+  (ECDSA P-256), POSTs to the same receiver and records every attempt; also the CPU time
+  that process spends per delivery next to the raw client's per POST (Linux);
 - end to end: events published and delivered by one dispatcher process, from the first
   publish to the last recorded success.
 
@@ -138,12 +139,15 @@ async def raw_stream_rate(port: int, messages: int) -> float:
     return done / elapsed
 
 
-async def raw_post_rate(url: str, total: int) -> float:
+async def raw_post_rate(url: str, total: int) -> tuple[float, float]:
+    """POSTs per second, and CPU seconds of this process per POST."""
     post, close = await aiohttp_client(url, 64)
     await drive(post, requests=500, concurrency=64, seconds=SECONDS)  # warm-up
+    cpu, started = time.process_time(), time.perf_counter()
     run = await drive(post, requests=total, concurrency=64, seconds=SECONDS)
+    cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
     await close()
-    return run.rate
+    return run.rate, cpu / (run.rate * elapsed)
 
 
 # --- the services ----------------------------------------------------------------------
@@ -280,6 +284,14 @@ class Dispatcher:
                 await asyncio.sleep(0.1)
         raise RuntimeError("the dispatcher did not become ready")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process has used so far (Linux: /proc), or None."""
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self._process.terminate()
         self._process.wait(timeout=30)
@@ -314,12 +326,16 @@ class Round:
     raw_post: float
     delivery: float
     end_to_end: float
+    # CPU seconds: of the raw client per POST, of the delivering dispatcher per delivery
+    # (None where /proc is not there). Steadier than rates on a shared machine.
+    raw_post_cpu: float
+    delivery_cpu: float | None
 
 
 async def one_round(echo_port: int, url: str, total: int) -> Round:
     echo = await raw_echo_rate(echo_port, total)
     stream = await raw_stream_rate(echo_port, total)
-    raw_post = await raw_post_rate(url, total)
+    raw_post, raw_post_cpu = await raw_post_rate(url, total)
     with tempfile.TemporaryDirectory() as directory:
         setup = await new_setup(Path(directory), url)
         try:
@@ -331,8 +347,15 @@ async def one_round(echo_port: int, url: str, total: int) -> Round:
             ingesting.stop()
             delivering = Dispatcher(setup.environment(deliver=True))
             await delivering.port()
+            cpu_before = delivering.cpu_seconds()
             # The event sent by ready() is delivered too.
             delivery = total / await wait_delivered(setup, total + 1, since=None)
+            cpu_after = delivering.cpu_seconds()
+            delivery_cpu = (
+                None
+                if cpu_before is None or cpu_after is None
+                else (cpu_after - cpu_before) / (total + 1)
+            )
             # End to end: publish more and wait for every one of them.
             delivering.stop()
             both = Dispatcher(setup.environment(deliver=True))
@@ -344,7 +367,7 @@ async def one_round(echo_port: int, url: str, total: int) -> Round:
             both.stop()
         finally:
             await setup.subscriptions.stop(0)
-    return Round(echo, stream, ingest, raw_post, delivery, end_to_end)
+    return Round(echo, stream, ingest, raw_post, delivery, end_to_end, raw_post_cpu, delivery_cpu)
 
 
 def spawn(target: Callable[[Queue[Any]], None]) -> tuple[multiprocessing.process.BaseProcess, int]:
@@ -376,6 +399,12 @@ def report(rounds: list[Round], total: int) -> None:
     print(f"ratio {median(lambda r: r.delivery / r.raw_post):.2f} (target 0.6)")
     print(f"end to end (publish to recorded success) {both:8.0f} events/s  ", end="")
     print(f"ratio {median(lambda r: r.end_to_end / r.raw_post):.2f}")
+    measured = [r for r in rounds if r.delivery_cpu is not None]
+    if measured:
+        ours = statistics.median(r.delivery_cpu or 0.0 for r in measured)
+        raw_cpu = statistics.median(r.raw_post_cpu for r in measured)
+        print(f"CPU per delivery, dispatcher process     {ours * 1e6:8.0f} us  ", end="")
+        print(f"raw client per POST {raw_cpu * 1e6:.0f} us: ratio {raw_cpu / ours:.2f}")
 
 
 async def run(args: argparse.Namespace, echo_port: int, url: str) -> list[Round]:
@@ -386,7 +415,13 @@ async def run(args: argparse.Namespace, echo_port: int, url: str) -> list[Round]
             f"round {number + 1}: echo {result.echo:.0f}/s stream {result.stream:.0f}/s "
             f"ingest {result.ingest:.0f}/s "
             f"raw POST {result.raw_post:.0f}/s delivery {result.delivery:.0f}/s "
-            f"end to end {result.end_to_end:.0f}/s",
+            f"end to end {result.end_to_end:.0f}/s"
+            + (
+                ""
+                if result.delivery_cpu is None
+                else f"; CPU per delivery {result.delivery_cpu * 1e6:.0f} us, "
+                f"per raw POST {result.raw_post_cpu * 1e6:.0f} us"
+            ),
             flush=True,
         )
         rounds.append(result)

@@ -277,7 +277,7 @@ def report(
 
 
 async def soak(args: argparse.Namespace, url: str) -> None:
-    raw = await raw_post_rate(url, RAW_POSTS)
+    raw, _ = await raw_post_rate(url, RAW_POSTS)
     print(f"raw aiohttp POST to the receiver: {raw:.0f} req/s", flush=True)
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory() as directory:
