@@ -296,27 +296,14 @@ class DeliveryWorker:
             want = min(free, self._claim_size)
             excluded = frozenset().union(*self._saturated.values())
             looked = self._looked if excluded else None
-            due_after: datetime | None = None
-            only: str | None = None
-            if looked is not None:
-                freed = looked.besides - excluded
-                # Those of full endpoints are claimed once these have room again.
-                self._woken -= excluded
-                if freed:
-                    only = min(freed)  # its endpoint has room again
-                elif self._woken:
-                    only = min(self._woken)
-                elif looked.drained and not self._new_work:
-                    if not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
-                        # Polled: look through everything again, for what other replicas
-                        # gave back and leases that ran out.
-                        self._looked = None
-                    continue
-                else:
-                    due_after = looked.until - _LOOK_BACK
-                    self._new_work = False
-            else:
-                self._new_work = False
+            scope = self._scope(looked, excluded)
+            if scope is None:
+                if not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
+                    # Polled: look through everything again, for what other replicas gave
+                    # back and leases that ran out.
+                    self._looked = None
+                continue
+            due_after, only = scope
             now = self._clock()
             try:
                 claimed = await self._store_call(
@@ -352,30 +339,62 @@ class DeliveryWorker:
                 # Everything started at once: ask for more next time.
                 self._claim_size = min(self._limits.claim_batch, 2 * self._claim_size)
             short = len(claimed) < want
-            # What was given back just now stays due: its subscriptions (their endpoints
-            # are full now) must not count as looked through.
-            full_now = frozenset().union(*self._saturated.values())
-            if only is not None:
-                assert looked is not None
-                # Short: all of its due deliveries are taken, it is looked through too.
-                besides = looked.besides - {only} if short else looked.besides
-                self._looked = replace(looked, besides=besides | full_now)
-                if short:
-                    self._woken.discard(only)
-            else:
-                # Oldest due first: everything outside `excluded` due before the last one
-                # claimed was claimed too. When all it claimed went to endpoints now full,
-                # what else is due is left to new events, endpoints with room and polls:
-                # looking again would walk past their backlog for little.
-                until = now if short else max(delivery.due_time for delivery in claimed)
-                drained = short or {d.subscription_id for d in claimed} <= full_now
-                self._looked = _LookedThrough(
-                    besides=excluded | full_now, until=until, drained=drained
-                )
-                if short:
-                    self._woken.clear()
-                    if not excluded:
-                        await self._idle()
+            self._remember(claimed, short=short, now=now, excluded=excluded, only=only)
+            if short and not excluded:
+                await self._idle()
+
+    def _scope(
+        self, looked: _LookedThrough | None, excluded: frozenset[str]
+    ) -> tuple[datetime | None, str | None] | None:
+        """What the next claim looks at: deliveries due after a time, or those of one
+        subscription, or (None, None) everything but `excluded`; None: nothing to look at
+        until new work, an endpoint with room or a poll."""
+        if looked is None:
+            self._new_work = False
+            return None, None
+        # Those of full endpoints are claimed once these have room again.
+        self._woken -= excluded
+        freed = looked.besides - excluded
+        if freed:
+            return None, min(freed)  # its endpoint has room again
+        if self._woken:
+            return None, min(self._woken)
+        if looked.drained and not self._new_work:
+            return None
+        self._new_work = False
+        return looked.until - _LOOK_BACK, None
+
+    def _remember(
+        self,
+        claimed: list[ClaimedDelivery],
+        *,
+        short: bool,
+        now: datetime,
+        excluded: frozenset[str],
+        only: str | None,
+    ) -> None:
+        """Records what a claim looked through (see `_LookedThrough`)."""
+        # What was given back just now stays due: its subscriptions (their endpoints are
+        # full now) must not count as looked through.
+        full_now = frozenset().union(*self._saturated.values())
+        if only is not None:
+            looked = self._looked
+            assert looked is not None
+            # Short: all of its due deliveries are taken, it is looked through too.
+            besides = looked.besides - {only} if short else looked.besides
+            self._looked = replace(looked, besides=besides | full_now)
+            if short:
+                self._woken.discard(only)
+            return
+        # Oldest due first: everything outside `excluded` due before the last one claimed
+        # was claimed too. When all it claimed went to endpoints now full, what else is due
+        # is left to new events, endpoints with room and polls: looking again would walk
+        # past their backlog for little.
+        until = now if short else max(delivery.due_time for delivery in claimed)
+        drained = short or {d.subscription_id for d in claimed} <= full_now
+        self._looked = _LookedThrough(besides=excluded | full_now, until=until, drained=drained)
+        if short:
+            self._woken.clear()
 
     def _take(self, delivery: ClaimedDelivery) -> bool:
         """Starts sending `delivery`, or queues it for a slot of its endpoint; False when
