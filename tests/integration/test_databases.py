@@ -4,13 +4,17 @@ server, and outages (a server gone, a read-only server) answer UNAVAILABLE."""
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from dispatcher_service.database import migrate as migrate_deliveries
@@ -149,5 +153,31 @@ async def test_a_read_only_server_answers_unavailable(
     try:
         with pytest.raises(StoreUnavailable):
             DeliveryStore(engine).ingest([event], now=datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_readme_builds_the_new_index_ahead_of_the_migration(
+    postgres_database: PostgresDatabase,
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"```sql\n(CREATE INDEX CONCURRENTLY.*?;)\n```", readme, re.DOTALL)
+    assert found, "the README no longer shows how to build the index ahead"
+    engine = create_engine(postgres_database.url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", "dispatcher_service:migrations")
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0002")
+        # CONCURRENTLY runs outside a transaction, while the dispatcher goes on writing.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql(found.group(1))
+        migrate_deliveries(engine)
+        models = importlib.import_module("dispatcher_service.models")
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), models.metadata)
+        assert differences == []
     finally:
         engine.dispose()

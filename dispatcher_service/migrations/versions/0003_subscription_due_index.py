@@ -4,6 +4,10 @@ While an endpoint is full, claims skip its subscriptions; once it has room again
 worker claims what of theirs is due through this index, instead of walking every due
 delivery of the others in time order to find them.
 
+Building it holds up writes to deliveries on PostgreSQL while it runs; a large table can
+have it built beforehand with CREATE INDEX CONCURRENTLY (see the README), and then this
+finds it there.
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-29
@@ -23,16 +27,16 @@ DUE = sa.text("state IN ('pending', 'retrying')")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_deliveries_subscription_due",
-            ["subscription_id", "next_attempt_time"],
-            unique=False,
-            sqlite_where=DUE,
-            postgresql_where=DUE,
-        )
+    op.create_index(
+        "ix_deliveries_subscription_due",
+        "deliveries",
+        ["subscription_id", "next_attempt_time"],
+        unique=False,
+        sqlite_where=DUE,
+        postgresql_where=DUE,
+        if_not_exists=True,
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_index("ix_deliveries_subscription_due")
+    op.drop_index("ix_deliveries_subscription_due", table_name="deliveries")
