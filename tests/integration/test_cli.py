@@ -26,6 +26,7 @@ from dispatcher_service.server import RunningDispatcher
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.integration.conftest import auth, routed
+from tests.integration.test_dispatcher import claim_details
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
@@ -127,15 +128,7 @@ def closed_port() -> int:
 
 def claim_payload(message_id: str | None = None, **details: Any) -> dict[str, Any]:
     payload: dict[str, Any] = {
-        "details": {
-            "messageType": CLAIM_CREATED,
-            "claimRef": "CLAIM-1",
-            "receeveClaimRef": "RCV-1",
-            "amount": 1000,
-            "currency": "EUR",
-            "dueDate": "2026-12-31",
-            **details,
-        },
+        "details": {**claim_details(), **details},
         "timestamp": "2026-01-02T03:04:05.678Z",
         "user": {"id": "USER_ID", "poolId": "POOL_ID", "originator": "ClientAPI"},
     }

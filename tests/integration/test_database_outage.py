@@ -39,6 +39,7 @@ from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
 from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth, scrape
+from tests.integration.test_dispatcher import subscribe
 from tests.postgres_server import PostgresServer, find_postgres_bin
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -244,14 +245,7 @@ async def test_the_dispatcher_rides_out_a_database_outage(
     receiver: Receiver,
     tokens: Tokens,
 ) -> None:
-    await stub.CreateSubscription(
-        sub_pb.CreateSubscriptionRequest(
-            subscription=sub_pb.Subscription(
-                url=receiver.url("/outage"), message_types=["event.claim.*"]
-            )
-        ),
-        metadata=auth(tokens.acme),
-    )
+    await subscribe(stub, tokens.acme, receiver.url("/outage"), "event.claim.*")
     process = dispatcher_on_private_postgres
     port = await process.start()
     metrics_port = await _wait_for_port(process, METRICS)

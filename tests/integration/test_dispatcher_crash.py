@@ -16,9 +16,9 @@ from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.dispatcher_process import DispatcherProcess, dispatcher_environment
 from tests.integration.conftest import auth
+from tests.integration.test_dispatcher import subscribe
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as pb
-from webhooks.v1 import subscription_service_pb2 as sub_pb
 
 if TYPE_CHECKING:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceAsyncStub as DispatcherStub
@@ -110,14 +110,7 @@ async def test_every_acknowledged_event_is_delivered_after_a_sigkill(
     tokens: Tokens,
     dispatcher_process: DispatcherProcess,
 ) -> None:
-    await stub.CreateSubscription(
-        sub_pb.CreateSubscriptionRequest(
-            subscription=sub_pb.Subscription(
-                url=receiver.url("/crash"), message_types=["event.claim.*"]
-            )
-        ),
-        metadata=auth(tokens.acme),
-    )
+    await subscribe(stub, tokens.acme, receiver.url("/crash"), "event.claim.*")
     port = await dispatcher_process.start()
     acked: set[str] = set()
     await asyncio.wait_for(

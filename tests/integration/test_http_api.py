@@ -22,12 +22,12 @@ from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
 from tests.conftest import Tokens
 from tests.integration.conftest import auth, routed
+from tests.integration.test_dispatcher import claim_details, subscribe
 from tests.receiver import Receiver
 from webhook_contracts import build_openapi, load_registry
 from webhook_contracts.openapi_http import MAX_MESSAGE_ID_LENGTH as DOCUMENTED_ID_LENGTH
 from webhook_receiver import load_public_key, public_jwk, same_json, verify_webhook
 from webhooks.v1 import dispatcher_service_pb2 as pb
-from webhooks.v1 import subscription_service_pb2 as sub_pb
 
 if TYPE_CHECKING:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceAsyncStub as DispatcherStub
@@ -76,28 +76,11 @@ async def http(dispatcher: RunningDispatcher) -> AsyncIterator[Http]:
 def claim(message_id: str, **details: Any) -> dict[str, Any]:
     """A POST /v1/events body: the payload of an event.claim.created.v1."""
     return {
-        "details": {
-            "messageType": CLAIM_CREATED,
-            "claimRef": "CLAIM-1",
-            "receeveClaimRef": "RCV-1",
-            "amount": 1000,
-            "currency": "EUR",
-            "dueDate": "2026-12-31",
-            **details,
-        },
+        "details": {**claim_details(), **details},
         "messageId": message_id,
         "timestamp": "2021-10-14T15:33:16.848Z",
         "user": {"id": "USER_ID", "poolId": "POOL_ID", "originator": "ClientAPI"},
     }
-
-
-async def subscribe(stub: Stub, token: str, url: str, *types: str) -> None:
-    await stub.CreateSubscription(
-        sub_pb.CreateSubscriptionRequest(
-            subscription=sub_pb.Subscription(url=url, message_types=list(types))
-        ),
-        metadata=auth(token),
-    )
 
 
 async def stored_deliveries(dispatcher: RunningDispatcher, token: str) -> list[str]:
