@@ -153,10 +153,10 @@ async def raw_post_rate(url: str, total: int) -> tuple[float, float]:
 # --- the services ----------------------------------------------------------------------
 
 
-def events(start: int, count: int) -> list[pb.Event]:
+def events(start: int, count: int, *, tenant: str = "bench") -> list[pb.Event]:
     return [
         pb.Event(
-            tenant="bench",
+            tenant=tenant,
             message_id=f"b-{i}",
             message_type="event.claim.created.v1",
             details=DETAILS,
@@ -165,12 +165,14 @@ def events(start: int, count: int) -> list[pb.Event]:
     ]
 
 
-async def publish_all(port: int, first: int, total: int) -> float:
-    """Seconds to publish `total` events over one stream; every one must be ACCEPTED."""
+async def publish_all(port: int, first: int, total: int, *, tenant: str = "bench") -> float:
+    """Seconds to publish `total` events of `tenant` over one stream; every one must be
+    ACCEPTED."""
 
     async def requests() -> AsyncIterator[pb.PublishEventsRequest]:
         for start in range(first, first + total, BATCH):
-            yield pb.PublishEventsRequest(events=events(start, min(BATCH, first + total - start)))
+            count = min(BATCH, first + total - start)
+            yield pb.PublishEventsRequest(events=events(start, count, tenant=tenant))
 
     accepted = 0
     last: object = None
