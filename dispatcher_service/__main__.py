@@ -11,6 +11,7 @@ from dispatcher_service.server import serve
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.signing import KeyRingError
 from service_common.auth import TokensFileError
+from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
 from service_common.settings import settings_problems
 from service_common.tracing import configure_tracing
@@ -27,6 +28,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tracing = configure_tracing(settings.tracing_exporter, service_name="dispatcher")
+    tune_for_service()
     try:
         asyncio.run(serve(settings))
     except (TokensFileError, KeyRingError, OSError, ValueError) as exc:

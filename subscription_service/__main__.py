@@ -8,6 +8,7 @@ import sys
 from pydantic import ValidationError
 
 from service_common.auth import TokensFileError
+from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
 from service_common.settings import settings_problems
 from service_common.tracing import configure_tracing
@@ -26,6 +27,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     tracing = configure_tracing(settings.tracing_exporter, service_name="subscription-service")
+    tune_for_service()
     try:
         asyncio.run(serve(settings))
     except (TokensFileError, OSError, ValueError) as exc:
