@@ -62,10 +62,11 @@ _COMPLETE = (
         state=sa.bindparam("b_state"),
         attempt_count=sa.bindparam("b_attempts"),
         next_attempt_time=sa.bindparam("b_next", type_=sa.DateTime(timezone=True)),
-        lease_owner=sa.bindparam("b_mark"),
+        lease_owner=None,
         lease_expires=None,
         update_time=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)),
     )
+    .returning(_DELIVERIES.c.id)
 )
 _UNCLAIM = (
     sa.update(_DELIVERIES)
@@ -79,15 +80,6 @@ _FORGET_HEALTH = sa.delete(_HEALTH).where(
     _HEALTH.c.subscription_id.in_(sa.bindparam("subscription_ids", expanding=True))
 )
 _INSERT_ATTEMPTS = sa.insert(_ATTEMPTS)
-_UNMARK = (
-    sa.update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
-        _DELIVERIES.c.lease_owner == sa.bindparam("mark"),
-    )
-    .values(lease_owner=None)
-    .returning(_DELIVERIES.c.id)
-)
 
 
 # A batch goes in as one JSON document of rows: one short statement for any number of
@@ -343,36 +335,30 @@ class DeliveryStore:
         # while the database was away and it claimed it again before recording the first
         # send) must not fail the whole batch on the attempts' key: the later one is kept.
         completions = list({c.delivery_id: c for c in completions}.values())
-        # The first statements write (so SQLite takes its write lock, and PostgreSQL
-        # locks the rows, before anything is read) and move the lease of every delivery
-        # still held to a mark of this call; the next clears the mark and names the
-        # deliveries that were still held. Deliveries that end alike (most succeed at
-        # their first attempt) share one UPDATE.
-        mark = f"{owner}/{os.urandom(4).hex()}"
+        # The UPDATEs come first (so SQLite takes its write lock, and PostgreSQL locks
+        # the rows, before anything is read) and name the deliveries this worker still
+        # held. Deliveries that end alike (most succeed at their first attempt) share one.
         alike: dict[tuple[DeliveryState, int, datetime | None], list[str]] = {}
         for completion in completions:
             key = (completion.state, completion.attempt.number, completion.next_attempt_time)
             alike.setdefault(key, []).append(completion.delivery_id)
         with self._writing(durable=False) as connection:
+            held: set[str] = set()
             for (state, attempts, next_time), ids in alike.items():
-                connection.execute(
-                    _COMPLETE,
-                    {
-                        "b_ids": ids,
-                        "b_owner": owner,
-                        "b_mark": mark,
-                        "b_state": state.value,
-                        "b_attempts": attempts,
-                        "b_next": next_time,
-                        "b_now": now,
-                    },
+                held.update(
+                    row[0]
+                    for row in connection.execute(
+                        _COMPLETE,
+                        {
+                            "b_ids": ids,
+                            "b_owner": owner,
+                            "b_state": state.value,
+                            "b_attempts": attempts,
+                            "b_next": next_time,
+                            "b_now": now,
+                        },
+                    )
                 )
-            held = {
-                row[0]
-                for row in connection.execute(
-                    _UNMARK, {"ids": [c.delivery_id for c in completions], "mark": mark}
-                )
-            }
             recorded = [c for c in completions if c.delivery_id in held]
             if recorded:
                 connection.execute(
