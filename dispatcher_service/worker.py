@@ -62,6 +62,11 @@ _SATURATED_POLL = 0.5
 # How far back such a look at new deliveries reaches before the last one: an ingestion
 # takes its time before its transaction commits, so its deliveries may show up that late.
 _LOOK_BACK = timedelta(seconds=0.25)
+# An event's deliveries to several subscriptions carry one signature: the same payload,
+# signed with the same key. Kept this long after it was made, so that the deliveries
+# claimed together share it, and a signature never outlives its key's retirement by much.
+_SIGNATURE_REUSE = timedelta(seconds=60)
+_MAX_SIGNATURES = 4096
 _T = TypeVar("_T")
 
 # While the database is away the claim loop waits twice as long after each failed claim,
@@ -242,6 +247,7 @@ class DeliveryWorker:
         self._new_work = False
         self._woken: set[str] = set()
         self._outage = _Outage()
+        self._signatures: dict[tuple[str, str, SignatureAlgorithm], tuple[Signature, datetime]] = {}
 
     def wake(self, subscription_ids: Collection[str] = ()) -> None:
         """Tells the worker that new deliveries are due: for `subscription_ids` (after an
@@ -571,13 +577,7 @@ class DeliveryWorker:
     async def _signed(
         self, delivery: ClaimedDelivery, route: Route, now: datetime
     ) -> tuple[bytes, dict[str, str]]:
-        if route.signature_algorithm is SignatureAlgorithm.RSA_PKCS1_SHA256:
-            # RSA signs ten times slower than ECDSA but releases the GIL: keep it off the loop.
-            signature = await asyncio.to_thread(
-                self._signer.sign, delivery.payload, route.signature_algorithm
-            )
-        else:
-            signature = self._signer.sign(delivery.payload, route.signature_algorithm)
+        signature = await self._signature(delivery, route.signature_algorithm, now)
         body = build_body(delivery.payload, signature.value_b64)
         headers = delivery_headers(
             message_id=delivery.message_id,
@@ -588,6 +588,25 @@ class DeliveryWorker:
             user_agent=self._user_agent,
         )
         return body, headers
+
+    async def _signature(
+        self, delivery: ClaimedDelivery, algorithm: SignatureAlgorithm, now: datetime
+    ) -> Signature:
+        """The signature of `delivery`'s payload: made here, or reused from another
+        delivery of its event made a moment ago."""
+        key = (delivery.tenant, delivery.message_id, algorithm)
+        made = self._signatures.get(key)
+        if made is not None and now - made[1] < _SIGNATURE_REUSE:
+            return made[0]
+        if algorithm is SignatureAlgorithm.RSA_PKCS1_SHA256:
+            # RSA signs ten times slower than ECDSA but releases the GIL: keep it off the loop.
+            signature = await asyncio.to_thread(self._signer.sign, delivery.payload, algorithm)
+        else:
+            signature = self._signer.sign(delivery.payload, algorithm)
+        if len(self._signatures) >= _MAX_SIGNATURES:
+            self._signatures.clear()
+        self._signatures[key] = (signature, now)
+        return signature
 
     def _next_state(
         self, outcome: AttemptOutcome, number: int, retry_after_header: str | None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.domain import DeliveryQuery, DeliveryState, PreparedEvent, Target
 from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
-from dispatcher_service.signing import KeyRing, SignatureAlgorithm
+from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
 from dispatcher_service.store import DeliveryStore
 from dispatcher_service.worker import DeliveryWorker, WorkerLimits
+from webhook_receiver import verify_signature
 
 
 @dataclass(frozen=True)
@@ -116,3 +118,97 @@ async def test_the_worker_waits_for_routes_instead_of_killing_early_deliveries(
         assert sender.urls == ["http://127.0.0.1:9/in"]
     finally:
         await worker.stop(1)
+
+
+class RecordingSender:
+    def __init__(self, *, failing: set[str]) -> None:
+        self.failing = failing
+        self.bodies: list[dict[str, str]] = []
+
+    async def send(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> Sent:
+        self.bodies.append(json.loads(body))
+        if headers["webhook-id"] in self.failing:
+            self.failing.discard(headers["webhook-id"])
+            return Sent(status_code=500)
+        return Sent()
+
+
+class CountingSigner:
+    def __init__(self, keys: KeyRing) -> None:
+        self.keys = keys
+        self.signed: list[str] = []
+
+    def sign(self, payload_as_string: str, algorithm: SignatureAlgorithm) -> Signature:
+        self.signed.append(json.loads(payload_as_string)["messageId"])
+        return self.keys.sign(payload_as_string, algorithm)
+
+
+async def test_an_event_is_signed_once_for_all_its_subscriptions_but_again_when_retried_later(
+    engine: Engine, tmp_path: Path
+) -> None:
+    store = DeliveryStore(engine)
+    now = datetime.now(UTC)
+    targets = tuple(Target(f"s{i}", "http://127.0.0.1:9/in") for i in range(3))
+    store.ingest(
+        [
+            PreparedEvent(
+                tenant="acme",
+                message_id=message_id,
+                message_type="event.claim.created.v1",
+                payload=json.dumps({"messageId": message_id}),
+                targets=targets if message_id == "fan-out" else targets[:1],
+            )
+            for message_id in ("fan-out", "retried")
+        ],
+        now=now,
+    )
+    routes, sender = LateRoutes(), RecordingSender(failing={"retried"})
+    routes.ready = True
+    keys = KeyRing.open(tmp_path / "keys")
+    signer = CountingSigner(keys)
+    clock = [now]
+
+    async def never_disable(subscription_id: str, reason: str) -> None:
+        raise AssertionError("nothing should be disabled")
+
+    worker = DeliveryWorker(
+        store=store,
+        routes=routes,
+        sender=sender,
+        signer=signer,
+        disable=never_disable,
+        # The retry is due 2 minutes after the failure, past the time a signature is reused.
+        schedule=RetrySchedule.parse("0s,120s"),
+        disable_policy=None,
+        limits=WorkerLimits(poll_interval=0.01, flush_interval=0.0),
+        user_agent="test",
+        clock=lambda: clock[0],
+        rng=lambda: 0.5,
+    )
+    worker.start()
+    try:
+        for _ in range(200):
+            if len(sender.bodies) == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(signer.signed) == ["fan-out", "retried"]
+        clock[0] += timedelta(minutes=3)
+        for _ in range(200):
+            if len(sender.bodies) == 5:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop(1)
+
+    assert sorted(signer.signed) == ["fan-out", "retried", "retried"]
+    fan_out = [
+        body
+        for body in sender.bodies
+        if json.loads(body["payloadAsString"])["messageId"] == "fan-out"
+    ]
+    assert len(fan_out) == 3
+    assert len({body["signature"] for body in fan_out}) == 1
+    key = keys.public_key(keys.active_key_id(SignatureAlgorithm.ECDSA_P256_SHA256))
+    assert key is not None
+    for body in sender.bodies:
+        verify_signature(body["payloadAsString"], body["signature"], key.public_key_pem)
