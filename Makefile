@@ -42,6 +42,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/signing_rate.py
 	$(BIN)/python bench/http_post_rate.py --rounds 3
 	$(BIN)/python bench/dispatcher_rates.py --events 8000 --rounds 3
+	$(BIN)/python bench/delivery_ceiling.py --events 10000 --rounds 3
 	$(BIN)/python bench/blackhole_endpoint.py --events 1000 --rounds 3
 	$(BIN)/python bench/dead_endpoint_backlog.py --backlog 50000 --events 5000 --rounds 3
 	$(BIN)/python bench/soak.py --minutes 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +18,7 @@ from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
 from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
 from dispatcher_service.store import DeliveryStore
-from dispatcher_service.worker import DeliveryWorker, WorkerLimits
+from dispatcher_service.worker import DeliveryWorker, Sender, Signer, WorkerLimits
 from webhook_receiver import verify_signature
 
 
@@ -62,6 +62,34 @@ class LateRoutes:
         )
 
 
+async def never_disable(subscription_id: str, reason: str) -> None:
+    raise AssertionError("nothing should be disabled")
+
+
+def new_worker(
+    store: DeliveryStore,
+    routes: LateRoutes,
+    sender: Sender,
+    signer: Signer,
+    *,
+    schedule: str = "0s",
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> DeliveryWorker:
+    return DeliveryWorker(
+        store=store,
+        routes=routes,
+        sender=sender,
+        signer=signer,
+        disable=never_disable,
+        schedule=RetrySchedule.parse(schedule),
+        disable_policy=None,
+        limits=WorkerLimits(poll_interval=0.01, flush_interval=0.0),
+        user_agent="test",
+        clock=clock,
+        rng=lambda: 0.5,
+    )
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'dispatcher.db'}")
@@ -88,20 +116,7 @@ async def test_the_worker_waits_for_routes_instead_of_killing_early_deliveries(
     )
     routes, sender = LateRoutes(), FakeSender()
 
-    async def never_disable(subscription_id: str, reason: str) -> None:
-        raise AssertionError("nothing should be disabled")
-
-    worker = DeliveryWorker(
-        store=store,
-        routes=routes,
-        sender=sender,
-        signer=KeyRing.open(tmp_path / "keys"),
-        disable=never_disable,
-        schedule=RetrySchedule.parse("0s"),
-        disable_policy=None,
-        limits=WorkerLimits(poll_interval=0.01, flush_interval=0.0),
-        user_agent="test",
-    )
+    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"))
     worker.start()
     try:
         await asyncio.sleep(0.2)  # many claim cycles while routes are missing
@@ -168,22 +183,14 @@ async def test_an_event_is_signed_once_for_all_its_subscriptions_but_again_when_
     signer = CountingSigner(keys)
     clock = [now]
 
-    async def never_disable(subscription_id: str, reason: str) -> None:
-        raise AssertionError("nothing should be disabled")
-
-    worker = DeliveryWorker(
-        store=store,
-        routes=routes,
-        sender=sender,
-        signer=signer,
-        disable=never_disable,
+    worker = new_worker(
+        store,
+        routes,
+        sender,
+        signer,
         # The retry is due 2 minutes after the failure, past the time a signature is reused.
-        schedule=RetrySchedule.parse("0s,120s"),
-        disable_policy=None,
-        limits=WorkerLimits(poll_interval=0.01, flush_interval=0.0),
-        user_agent="test",
+        schedule="0s,120s",
         clock=lambda: clock[0],
-        rng=lambda: 0.5,
     )
     worker.start()
     try:
