@@ -10,7 +10,9 @@ in one process, to show how close to the raw rate one delivering event loop can 
 - delivery without HTTP: a `DeliveryWorker` as the dispatcher builds it (SQLite store,
   ECDSA P-256 key ring, 64 in flight to the endpoint) whose sender answers 200 at once;
   CPU time per delivery, claimed, signed and recorded;
-- delivery: the same worker with the dispatcher's `HttpSender`, to the same receiver.
+- delivery: the same worker with the dispatcher's `HttpSender`, to the same receiver;
+- delivery, bare aiohttp: the same again with a bare `ClientSession.post` as the sender,
+  which tells what `HttpSender` adds from what running POSTs inside the worker adds.
 
 The ceiling is raw / (raw + without HTTP): the CPU ratio a delivery could reach if its
 POST cost no more than a raw one, when one event loop does all of it.
@@ -34,6 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -76,6 +80,27 @@ class Routes:
 
     def route(self, subscription_id: str) -> Route | None:
         return self._route if subscription_id == SUBSCRIPTION else None
+
+
+class BareAiohttp:
+    """A sender that is nothing but `ClientSession.post`, as the raw client uses it."""
+
+    def __init__(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=IN_FLIGHT))
+
+    async def send(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
+        async with self._session.post(url, data=body, headers=headers) as response:
+            await response.read()
+            return AttemptResult(
+                status_code=response.status,
+                latency=0.0,
+                error=None,
+                response_snippet="",
+                retry_after=None,
+            )
+
+    async def aclose(self) -> None:
+        await self._session.close()
 
 
 class AnswerAtOnce:
@@ -162,31 +187,51 @@ class Round:
     raw: float
     without_http: float
     delivery: float
+    bare: float
 
 
-async def one_round(url: str, total: int) -> Round:
-    _, raw = await raw_post_rate(url, total)
-    with tempfile.TemporaryDirectory() as directory:
-        without_http = await delivery_cpu(Path(directory), url, total, AnswerAtOnce())
-    with tempfile.TemporaryDirectory() as directory:
-        async with HttpSender(
+async def sender_cpu(url: str, total: int, *, bare: bool) -> float:
+    """CPU seconds per delivery with the dispatcher's sender, or a bare aiohttp one."""
+    sender: HttpSender | BareAiohttp = (
+        BareAiohttp()
+        if bare
+        else HttpSender(
             policy=TargetPolicy.parse("127.0.0.0/8"),
             timeouts=Timeouts(connect=5.0, total=30.0),
             per_host_limit=IN_FLIGHT,
             limit_slots=False,
-        ) as sender:
-            delivery = await delivery_cpu(Path(directory), url, total, sender)
-    return Round(raw, without_http, delivery)
+        )
+    )
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            return await delivery_cpu(Path(directory), url, total, sender)
+    finally:
+        await sender.aclose()
+
+
+async def one_round(url: str, total: int, number: int) -> Round:
+    _, raw = await raw_post_rate(url, total)
+    with tempfile.TemporaryDirectory() as directory:
+        without_http = await delivery_cpu(Path(directory), url, total, AnswerAtOnce())
+    # Whichever runs later tends to cost less: the two take turns going first.
+    if number % 2:
+        bare = await sender_cpu(url, total, bare=True)
+        delivery = await sender_cpu(url, total, bare=False)
+    else:
+        delivery = await sender_cpu(url, total, bare=False)
+        bare = await sender_cpu(url, total, bare=True)
+    return Round(raw, without_http, delivery, bare)
 
 
 async def run(url: str, args: argparse.Namespace) -> list[Round]:
     rounds = []
     for number in range(args.rounds):
-        result = await one_round(url, args.events)
+        result = await one_round(url, args.events, number)
         rounds.append(result)
         print(
             f"round {number + 1}: raw POST {result.raw * 1e6:.0f} us, delivery without HTTP "
-            f"{result.without_http * 1e6:.0f} us, delivery {result.delivery * 1e6:.0f} us"
+            f"{result.without_http * 1e6:.0f} us, delivery {result.delivery * 1e6:.0f} us, "
+            f"with bare aiohttp {result.bare * 1e6:.0f} us"
         )
     return rounds
 
@@ -195,12 +240,14 @@ def report(rounds: list[Round], total: int) -> None:
     raw = statistics.median(r.raw for r in rounds)
     without_http = statistics.median(r.without_http for r in rounds)
     delivery = statistics.median(r.delivery for r in rounds)
+    bare = statistics.median(r.bare for r in rounds)
     ceiling = statistics.median(r.raw / (r.raw + r.without_http) for r in rounds)
     ratio = statistics.median(r.raw / r.delivery for r in rounds)
     print(f"\n{total} deliveries per run, CPU time of one process, median of {len(rounds)} rounds")
     print(f"raw aiohttp POST, 64 in flight         {raw * 1e6:6.0f} us per POST")
     print(f"delivery without HTTP (claim, sign, record)  {without_http * 1e6:6.0f} us per delivery")
     print(f"delivery with HttpSender               {delivery * 1e6:6.0f} us per delivery")
+    print(f"delivery with bare aiohttp             {bare * 1e6:6.0f} us per delivery")
     print(f"ceiling raw / (raw + without HTTP)     {ceiling:6.2f}")
     print(f"delivery ratio raw / delivery          {ratio:6.2f} (target 0.6)")
 
