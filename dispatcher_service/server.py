@@ -29,6 +29,7 @@ from dispatcher_service.store import DeliveryStore
 from dispatcher_service.subscription_follower import SubscriptionFollower
 from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
 from service_common.auth import TokenStore
+from service_common.database import dispose_when_returned
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import (
     HealthServicer,
@@ -89,7 +90,7 @@ class RunningDispatcher:
         await self.sender.aclose()
         await self.channel.close(None)
         self.metrics.close()
-        self.engine.dispose()
+        await dispose_when_returned(self.engine)
 
 
 def _platform_token(settings: DispatcherSettings) -> str:

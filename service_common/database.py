@@ -6,6 +6,8 @@ plumbing they share.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,7 +21,13 @@ from sqlalchemy.engine import Engine, make_url
 
 from service_common.errors import StoreUnavailable
 
-__all__ = ["as_utc", "create_engine", "migrate", "unavailable_on_database_errors"]
+__all__ = [
+    "as_utc",
+    "create_engine",
+    "dispose_when_returned",
+    "migrate",
+    "unavailable_on_database_errors",
+]
 
 # Seconds to wait for a connection to PostgreSQL, unless the URL says (`?connect_timeout=`).
 CONNECT_TIMEOUT_SECONDS = 5
@@ -118,6 +126,29 @@ def _sqlite_engine(url: str, database: str | None, *, synchronous: str) -> Engin
         cursor.close()
 
     return engine
+
+
+# How long shutdown waits for store calls still running in threads to return their
+# connections (see `dispose_when_returned`).
+RETURN_TIMEOUT_SECONDS = 5.0
+
+
+async def dispose_when_returned(engine: Engine) -> None:
+    """Closes the engine's connections once every one is back in its pool, or after
+    `RETURN_TIMEOUT_SECONDS`.
+
+    At shutdown a store call whose RPC was cancelled still runs in its thread. A
+    connection it returned after the pool was disposed would be closed only by the
+    garbage collector, at some arbitrary later time.
+    """
+    checked_out = getattr(engine.pool, "checkedout", None)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(RETURN_TIMEOUT_SECONDS):
+            # The pool tells of each connection returned, in the returning thread, but
+            # not of the last one: a short poll is simpler than counting across threads.
+            while checked_out is not None and checked_out() > 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    engine.dispose()
 
 
 def migrate(engine: Engine, *, script_location: str, lock_id: int) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
+from service_common.database import dispose_when_returned
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import (
     HealthServicer,
@@ -58,7 +59,7 @@ class RunningServer:
         self.hub.close()
         await self.server.stop(grace)
         self.metrics.close()
-        self.engine.dispose()
+        await dispose_when_returned(self.engine)
 
 
 async def create_server(settings: SubscriptionSettings) -> RunningServer:

@@ -1,17 +1,23 @@
 """The databases: migrations match the models, connections to PostgreSQL notice a vanished
-server, and outages (a server gone, a read-only server) answer UNAVAILABLE."""
+server, outages (a server gone, a read-only server) answer UNAVAILABLE, and shutdown closes
+every connection."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
+import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import psycopg
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -20,7 +26,8 @@ from alembic.migration import MigrationContext
 from dispatcher_service.database import migrate as migrate_deliveries
 from dispatcher_service.domain import PreparedEvent, Target
 from dispatcher_service.store import DeliveryStore
-from service_common.database import create_engine
+from service_common import database as common_database
+from service_common.database import create_engine, dispose_when_returned
 from service_common.errors import StoreUnavailable
 from subscription_service.server import create_server
 from subscription_service.settings import SubscriptionSettings
@@ -181,3 +188,62 @@ def test_the_readme_builds_the_new_index_ahead_of_the_migration(
         assert differences == []
     finally:
         engine.dispose()
+
+
+class HeldConnection:
+    """A connection a thread holds until told, as a store call still running at shutdown."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._taken = threading.Event()
+        self.release = threading.Event()
+        self.driver_connection: object = None
+
+    def hold(self) -> None:
+        with self._engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+            self.driver_connection = connection.connection.driver_connection
+            self._taken.set()
+            self.release.wait(10)
+
+    async def taken(self) -> None:
+        assert await asyncio.to_thread(self._taken.wait, 10)
+
+
+async def test_shutdown_closes_a_connection_a_thread_still_held_once_it_is_back(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    held = HeldConnection(engine)
+    holder = asyncio.create_task(asyncio.to_thread(held.hold))
+    await held.taken()
+
+    disposing = asyncio.create_task(dispose_when_returned(engine))
+    await asyncio.sleep(0.3)
+    assert not disposing.done()
+    held.release.set()
+    await asyncio.wait_for(disposing, 5)
+    await holder
+
+    # Closed, not left for the garbage collector.
+    driver_connection = held.driver_connection
+    assert isinstance(driver_connection, sqlite3.Connection | psycopg.Connection)
+    with pytest.raises((sqlite3.ProgrammingError, psycopg.OperationalError)):
+        driver_connection.cursor()
+
+
+async def test_shutdown_waits_for_held_connections_only_so_long(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common_database, "RETURN_TIMEOUT_SECONDS", 0.2)
+    engine = create_engine(database_url)
+    held = HeldConnection(engine)
+    holder = asyncio.create_task(asyncio.to_thread(held.hold))
+    await held.taken()
+    try:
+        await asyncio.wait_for(dispose_when_returned(engine), 5)
+    finally:
+        held.release.set()
+        await holder
+        assert isinstance(held.driver_connection, sqlite3.Connection | psycopg.Connection)
+        held.driver_connection.close()
