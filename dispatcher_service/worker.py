@@ -338,6 +338,8 @@ class DeliveryWorker:
             self._outage.ended()
             queued = self._queued_total
             busy = [delivery.id for delivery in claimed if not self._take(delivery)]
+            # Before the tasks just started get to run.
+            self._sign_ahead(claimed, besides=frozenset(busy), now=now)
             if busy:
                 self._claim_size = max(1, len(claimed) - len(busy))
                 await self._unclaim(busy)
@@ -592,8 +594,8 @@ class DeliveryWorker:
     async def _signature(
         self, delivery: ClaimedDelivery, algorithm: SignatureAlgorithm, now: datetime
     ) -> Signature:
-        """The signature of `delivery`'s payload: made here, or reused from another
-        delivery of its event made a moment ago."""
+        """The signature of `delivery`'s payload: made here, or made ahead, or reused from
+        another delivery of its event made a moment ago."""
         key = (delivery.tenant, delivery.message_id, algorithm)
         made = self._signatures.get(key)
         if made is not None and now - made[1] < _SIGNATURE_REUSE:
@@ -603,10 +605,36 @@ class DeliveryWorker:
             signature = await asyncio.to_thread(self._signer.sign, delivery.payload, algorithm)
         else:
             signature = self._signer.sign(delivery.payload, algorithm)
+        self._keep_signature(key, signature, now)
+        return signature
+
+    def _sign_ahead(
+        self, claimed: list[ClaimedDelivery], *, besides: frozenset[str], now: datetime
+    ) -> None:
+        """Signs the ECDSA deliveries of a claim one after another, except `besides`.
+
+        Signed each in its own task, between the HTTP work of dozens of others, a signature
+        took nearly twice the CPU time it takes in a row (caches gone cold in between)."""
+        for delivery in claimed:
+            route = self._routes.route(delivery.subscription_id)
+            if (
+                delivery.id in besides
+                or route is None
+                or route.signature_algorithm is not SignatureAlgorithm.ECDSA_P256_SHA256
+            ):
+                continue
+            key = (delivery.tenant, delivery.message_id, route.signature_algorithm)
+            made = self._signatures.get(key)
+            if made is None or now - made[1] >= _SIGNATURE_REUSE:
+                signature = self._signer.sign(delivery.payload, route.signature_algorithm)
+                self._keep_signature(key, signature, now)
+
+    def _keep_signature(
+        self, key: tuple[str, str, SignatureAlgorithm], signature: Signature, now: datetime
+    ) -> None:
         if len(self._signatures) >= _MAX_SIGNATURES:
             self._signatures.clear()
         self._signatures[key] = (signature, now)
-        return signature
 
     def _next_state(
         self, outcome: AttemptOutcome, number: int, retry_after_header: str | None
