@@ -67,6 +67,7 @@ _LOOK_BACK = timedelta(seconds=0.25)
 # claimed together share it, and a signature never outlives its key's retirement by much.
 _SIGNATURE_REUSE = timedelta(seconds=60)
 _MAX_SIGNATURES = 4096
+_SignatureKey = tuple[str, str, SignatureAlgorithm]  # tenant, message id, algorithm
 _T = TypeVar("_T")
 
 # While the database is away the claim loop waits twice as long after each failed claim,
@@ -247,7 +248,7 @@ class DeliveryWorker:
         self._new_work = False
         self._woken: set[str] = set()
         self._outage = _Outage()
-        self._signatures: dict[tuple[str, str, SignatureAlgorithm], tuple[Signature, datetime]] = {}
+        self._signatures: dict[_SignatureKey, tuple[Signature, datetime]] = {}
 
     def wake(self, subscription_ids: Collection[str] = ()) -> None:
         """Tells the worker that new deliveries are due: for `subscription_ids` (after an
@@ -597,9 +598,9 @@ class DeliveryWorker:
         """The signature of `delivery`'s payload: made here, or made ahead, or reused from
         another delivery of its event made a moment ago."""
         key = (delivery.tenant, delivery.message_id, algorithm)
-        made = self._signatures.get(key)
-        if made is not None and now - made[1] < _SIGNATURE_REUSE:
-            return made[0]
+        made = self._made_signature(key, now)
+        if made is not None:
+            return made
         if algorithm is SignatureAlgorithm.RSA_PKCS1_SHA256:
             # RSA signs ten times slower than ECDSA but releases the GIL: keep it off the loop.
             signature = await asyncio.to_thread(self._signer.sign, delivery.payload, algorithm)
@@ -624,14 +625,16 @@ class DeliveryWorker:
             ):
                 continue
             key = (delivery.tenant, delivery.message_id, route.signature_algorithm)
-            made = self._signatures.get(key)
-            if made is None or now - made[1] >= _SIGNATURE_REUSE:
+            if self._made_signature(key, now) is None:
                 signature = self._signer.sign(delivery.payload, route.signature_algorithm)
                 self._keep_signature(key, signature, now)
 
-    def _keep_signature(
-        self, key: tuple[str, str, SignatureAlgorithm], signature: Signature, now: datetime
-    ) -> None:
+    def _made_signature(self, key: _SignatureKey, now: datetime) -> Signature | None:
+        """The signature made for `key` less than `_SIGNATURE_REUSE` ago, if any."""
+        made = self._signatures.get(key)
+        return made[0] if made is not None and now - made[1] < _SIGNATURE_REUSE else None
+
+    def _keep_signature(self, key: _SignatureKey, signature: Signature, now: datetime) -> None:
         if len(self._signatures) >= _MAX_SIGNATURES:
             self._signatures.clear()
         self._signatures[key] = (signature, now)

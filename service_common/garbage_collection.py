@@ -3,9 +3,9 @@
 CPython collects its youngest generation every 700 container objects allocated and not
 yet freed. Handling a request allocates hundreds (HTTP and gRPC messages, SQL parameters,
 futures), most of them freed within the same request, so at the default a busy
-dispatcher spent about 15% of its CPU in young collections that found little, each
-also walking every object that a request in flight still held. Full collections walked
-the whole heap of imported modules each time, though none of it is ever garbage.
+dispatcher spent about 13% of its CPU in collections that found little: young ones, each
+also walking every object that a request in flight still held, and full ones, each
+walking the whole heap of imported modules, though none of it is ever garbage.
 
 `tune_for_service` runs once, after the imports and before serving: what exists then is
 moved out of the collector's sight (`gc.freeze`) and the young generation is collected
