@@ -8,13 +8,14 @@ built from the signed text, never from the unsigned copy.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import webhook_contracts
+from webhook_contracts.locations import dotted
 
+from . import strict_json
 from .equality import first_difference
 from .errors import (
     ContractViolation,
@@ -89,11 +90,15 @@ def verify_webhook(
 
 
 def parse_json(text: bytes | str, *, what: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no duplicate keys (two parsers could pick different ones)."""
+    """The wire format's strict JSON (`strict_json`): no NaN or overflowing numbers, no
+    integers beyond 64 bits, no repeated keys, no lone surrogates, bounded nesting."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise MalformedWebhook(f"{what} is not JSON: {error}") from error
+        return strict_json.loads(text.decode() if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as error:
+        raise MalformedWebhook(f"{what} is not UTF-8 text: {error}") from error
+    except strict_json.JsonRefused as refused:
+        where = f" at {dotted(refused.path)}" if refused.path else ""
+        raise MalformedWebhook(f"{what}{where} {refused.reason}") from refused
 
 
 def _webhook_fields(received: object) -> tuple[Mapping[str, Any], str, str]:
@@ -127,16 +132,3 @@ def _check_contract(
             message_type=error.message_type,
         ) from error
     return True
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
+from webhook_contracts.locations import dotted
+from webhook_receiver import strict_json
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
 __all__ = ["InvalidEvent", "event_of", "json_field_name", "parse_event"]
@@ -51,11 +53,9 @@ def json_field_name(name: str) -> str:
 def parse_event(text: str, *, tenant: str) -> pb.Event:
     """The Event of one JSON document."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (json.JSONDecodeError, _BadJson) as error:
-        raise InvalidEvent([("body", f"is not valid JSON: {error}")]) from None
-    except RecursionError:
-        raise InvalidEvent([("body", "is nested too deeply")]) from None
+        value = strict_json.loads(text)
+    except strict_json.JsonRefused as refused:
+        raise InvalidEvent([(dotted(refused.path) or "body", refused.reason)]) from None
     return event_of(value, tenant=tenant)
 
 
@@ -133,21 +133,3 @@ def _is_delivery_body(value: object) -> bool:
         and isinstance(value.get("payload"), dict)
         and set(value) <= _DELIVERY_BODY_FIELDS
     )
-
-
-class _BadJson(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    # Two parsers could each keep a different one of two equal keys: refused, as by receivers.
-    found: dict[str, object] = {}
-    for key, item in pairs:
-        if key in found:
-            raise _BadJson(f"the key '{key}' appears twice")
-        found[key] = item
-    return found
-
-
-def _no_constant(name: str) -> object:
-    raise _BadJson(f"{name} is not JSON")

@@ -83,12 +83,21 @@ def test_wrong_fields_are_named(value: object, fields: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["{", '{"details": NaN}', '{"details": {}, "details": {}}', "[" * 100_000]
+    ("text", "field"),
+    [
+        ("{", "body"),
+        ('{"details": NaN}', "details"),
+        ('{"details": {"amount": 1e999}}', "details.amount"),
+        ('{"details": {"n": 18446744073709551616}}', "details.n"),
+        ('{"details": {}, "details": {}}', "body"),
+        ('{"user": {"id": "\\ud800"}}', "user.id"),
+        ("[" * 100_000, "body"),
+    ],
 )
-def test_text_that_is_no_portable_json_is_refused(text: str) -> None:
+def test_text_that_is_no_portable_json_is_refused_naming_where(text: str, field: str) -> None:
     with pytest.raises(InvalidEvent) as raised:
         parse_event(text, tenant="")
-    assert [name for name, _ in raised.value.violations] == ["body"]
+    assert [name for name, _ in raised.value.violations] == [field]
 
 
 def test_since_is_a_time_or_a_time_ago() -> None:
