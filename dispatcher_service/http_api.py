@@ -32,7 +32,7 @@ from service_common.auth import Caller, Scope, TokenStore, validate_tenant
 from service_common.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from service_common.http_errors import problem_middleware
 from webhook_contracts import Registry, UnknownMessageType, build_openapi, dotted
-from webhook_receiver import MalformedWebhook, parse_json
+from webhook_receiver import strict_json
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -158,6 +158,9 @@ class _Routes:
         caller.require(Scope.PUBLISH)
         if request.content_type != JSON:
             raise web.HTTPUnsupportedMediaType(text=f"the body must be {JSON}")
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            # Answered before reading: a body announced as too large is not waited for.
+            raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
         event = incoming_event(_parse_json(await request.read()), tenant=_tenant(request))
         try:
             (outcome,) = await self._ingestor.publish(caller, [event])
@@ -232,14 +235,13 @@ def incoming_event(body: object, *, tenant: str) -> IncomingEvent:
 
 
 def _parse_json(raw: bytes) -> object:
+    """The body, read by the same rule as a gRPC event's details (`strict_json`)."""
     try:
-        return parse_json(raw.decode("utf-8"), what="the body")
+        return strict_json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise InvalidArgument.of("body", "is not UTF-8 text") from None
-    except MalformedWebhook as error:
-        raise InvalidArgument.of("body", str(error)) from None
-    except RecursionError:
-        raise InvalidArgument.of("body", "is nested too deeply") from None
+    except strict_json.JsonRefused as refused:
+        raise InvalidArgument.of(dotted(refused.path) or "body", refused.reason) from None
 
 
 def _tenant(request: web.Request) -> str:
@@ -272,7 +274,7 @@ def _timestamp(body: Mapping[str, object], violations: list[FieldViolation]) -> 
     example = "ISO 8601 in UTC with milliseconds, e.g. 2021-10-14T15:33:16.848Z"
     try:
         moment = datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:
+    except (ValueError, OverflowError):  # an offset can carry a time past year 1 or 9999
         moment = None
     # Only the canonical form: it is what the ingestor writes back, so receivers get the text
     # that was sent.

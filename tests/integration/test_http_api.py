@@ -186,8 +186,16 @@ INVALID_EVENTS = {
         {**claim("bad"), "user": {"id": "U", "poolId": "P", "originator": "O", "role": "x"}},
         ["user.role"],
     ),
-    "integer beyond 64 bits": (claim("bad", extra=2**70), ["details"]),
-    "integer beyond 63 bits": (claim("bad", extra=2**63), ["details"]),
+    "integer beyond 64 bits": (claim("bad", extra=2**70), ["details.extra"]),
+    "integer beyond 63 bits": (claim("bad", extra=[0, -(2**63) - 1]), ["details.extra[1]"]),
+    "timestamp offset past 9999": (
+        {**claim("bad"), "timestamp": "9999-12-31T23:59:59.999-23:59"},
+        ["timestamp"],
+    ),
+    "timestamp offset before year 1": (
+        {**claim("bad"), "timestamp": "0001-01-01T00:00:00.000+23:59"},
+        ["timestamp"],
+    ),
     "not an object": (["an", "array"], ["body"]),
 }
 
@@ -205,6 +213,51 @@ async def test_an_invalid_event_is_a_400_problem_naming_its_json_fields_and_is_n
         assert headers["Content-Type"] == PROBLEM, case
         assert problem_fields(problem) == fields, (case, problem)
         assert all(error["message"] for error in problem["errors"]), case
+    assert await stored_deliveries(dispatcher, tokens.acme_deliveries) == []
+    assert receiver.requests == []
+
+
+def _claim_text(details: str) -> bytes:
+    """A claim's body with `details` members written as raw JSON text, which Python's json
+    module could not write."""
+    body = json.dumps(claim("raw", extra="EXTRA"))
+    return body.replace('"EXTRA"', details).encode()
+
+
+# Bodies whose numbers, keys or nesting JSON cannot carry unchanged: each is refused naming
+# where, as over gRPC, never stored with a number turned into another (1e999 into null).
+UNFAITHFUL_JSON = {
+    "overflowing number": (_claim_text("1e999"), "details.extra"),
+    "negative overflowing number": (_claim_text("[1, -1e999]"), "details.extra[1]"),
+    "overflowing exponent": (_claim_text('{"amount": 1E400}'), "details.extra.amount"),
+    "Infinity": (_claim_text("Infinity"), "details.extra"),
+    "integer beyond 64 bits as text": (_claim_text("18446744073709551616"), "details.extra"),
+    "repeated key in details": (_claim_text('{"a": 1, "a": 2}'), "details.extra"),
+    "repeated key, spaced": (_claim_text('{"a" : 1, "a" : 2}'), "details.extra"),
+    "lone surrogate": (_claim_text('"\\ud800"'), "details.extra"),
+    "deep details": (_claim_text("[" * 40 + "]" * 40), "details.extra"),
+    "the issue's deep details": (
+        _claim_text("[" * 990 + "1234567890123456789" + "]" * 990),
+        "details",
+    ),
+}
+
+
+async def test_json_that_cannot_travel_unchanged_is_a_400_naming_where_and_is_not_stored(
+    stub: Stub, dispatcher: RunningDispatcher, http: Http, receiver: Receiver, tokens: Tokens
+) -> None:
+    await subscribe(stub, tokens.acme, receiver.url("/in"), "event.*")
+    await routed(dispatcher, "acme", CLAIM_CREATED, 1)
+    for case, (data, field) in UNFAITHFUL_JSON.items():
+        status, content_type, body, _ = await http.send(
+            "POST",
+            "/v1/events",
+            data=data,
+            headers={"Content-Type": "application/json", **_bearer(tokens.acme_publisher)},
+        )
+        problem = json.loads(body)
+        assert (status, content_type) == (400, PROBLEM), (case, problem)
+        assert problem_fields(problem) == [field], (case, problem)
     assert await stored_deliveries(dispatcher, tokens.acme_deliveries) == []
     assert receiver.requests == []
 
