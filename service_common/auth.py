@@ -32,7 +32,9 @@ __all__ = [
 
 ALL_TENANTS = "*"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_BEARER_RE = re.compile(r"^\s*bearer\s+(\S+)\s*$", re.IGNORECASE)
+# RFC 6750 tokens are visible ASCII; anything else (a byte that is no UTF-8, which aiohttp
+# hands on as a surrogate) is refused here rather than failing when the token is hashed.
+_BEARER_RE = re.compile(r"^[ \t]*bearer[ \t]+([\x21-\x7e]+)[ \t]*$", re.IGNORECASE)
 _MAX_TOKEN_LENGTH = 4096
 
 
@@ -174,6 +176,10 @@ def _bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
     value = values[0]
     text = value.decode(errors="replace") if isinstance(value, bytes) else value
     match = _BEARER_RE.fullmatch(text)
-    if match is None or len(match.group(1)) > _MAX_TOKEN_LENGTH:
-        raise Unauthenticated("the 'authorization' metadata must be 'Bearer <token>'")
+    if match is None:
+        raise Unauthenticated(
+            "the 'authorization' metadata must be 'Bearer <token>', the token in visible ASCII"
+        )
+    if len(match.group(1)) > _MAX_TOKEN_LENGTH:
+        raise Unauthenticated(f"the bearer token is longer than {_MAX_TOKEN_LENGTH} characters")
     return match.group(1)

@@ -751,15 +751,45 @@ async def test_an_oversized_authorization_header_is_not_echoed(world: World) -> 
 
 
 async def _oversized_authorization(world: World) -> bytes:
+    value = f"Bearer {UNKNOWN_TOKEN}".encode() + b"x" * MAX_HEADER_FIELD_BYTES
+    return await _raw_post(world, b"Content-Length: 0\r\nAuthorization: " + value)
+
+
+async def _raw_post(world: World, headers: bytes, *, until_closed: bool = True) -> bytes:
+    """A POST /v1/events written byte for byte: what the server answers until it closes the
+    connection, or only its status line."""
     port = int(world.http.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        value = f"Bearer {UNKNOWN_TOKEN}".encode() + b"x" * MAX_HEADER_FIELD_BYTES
-        writer.write(
-            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-            b"Authorization: " + value + b"\r\n\r\n"
-        )
+        writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n\r\n")
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), TIMEOUT)
+        answer = reader.read() if until_closed else reader.readline()
+        return await asyncio.wait_for(answer, TIMEOUT)
     finally:
         writer.close()
+
+
+async def test_a_token_that_is_no_utf8_is_a_401_and_logs_no_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for token in (b"\xff\xfe", b"ok\xc3\x28", "caf\u00e9".encode()):
+        headers = b"Connection: close\r\nContent-Length: 0\r\nAuthorization: Bearer "
+        answer = await _raw_post(world, headers + token)
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 401 Unauthorized"), (token, answer)
+        assert b"WWW-Authenticate: Bearer" in answer
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_body_announced_past_the_limit_is_a_413_at_once(world: World) -> None:
+    started = time.monotonic()
+    status_line = await _raw_post(
+        world,
+        b"Content-Type: application/json\r\nContent-Length: 10000000000\r\n"
+        + b"Authorization: Bearer "
+        + world.tokens.acme_publisher.encode(),
+        until_closed=False,
+    )
+    assert status_line.startswith(b"HTTP/1.1 413 "), status_line
+    # Not after a timeout of the server's or the client's: no byte of the body was sent.
+    assert time.monotonic() - started < TIMEOUT / 2

@@ -182,11 +182,19 @@ def test_two_authorization_entries_are_refused_even_when_both_are_valid(
         f"Bearer{ACME_TOKEN}",
         f"Bearer {ACME_TOKEN} extra",
         f"Token {ACME_TOKEN}",
+        # A byte that is no UTF-8, as aiohttp hands it on (a surrogate), and non-ASCII text.
+        "Bearer \udcff\udcfe",
+        f"Bearer {ACME_TOKEN}\u00e9",
     ],
 )
 def test_anything_but_one_bearer_token_is_refused(store: TokenStore, value: str) -> None:
     with pytest.raises(Unauthenticated, match="must be 'Bearer <token>'"):
         store.authenticate([("authorization", value)])
+
+
+def test_a_token_past_the_length_limit_is_refused_as_too_long(store: TokenStore) -> None:
+    with pytest.raises(Unauthenticated, match="longer than 4096 characters"):
+        store.authenticate([("authorization", "Bearer " + "x" * 5000)])
 
 
 @pytest.mark.parametrize(
