@@ -188,18 +188,26 @@ def redeliver(
 
 def parse_since(text: str, *, now: datetime) -> datetime:
     """An ISO 8601 time (UTC when it names no zone), or `now` minus `90s`, `30m`, `2h`, `7d`."""
-    relative = _RELATIVE.fullmatch(text.strip())
-    if relative:
-        amount, unit = relative.groups()
-        return now - timedelta(**{_UNITS[unit]: int(amount)})
     try:
-        moment = datetime.fromisoformat(text.strip())
+        return _since(text.strip(), now=now)
     except ValueError:
         raise typer.BadParameter(
             f"'{text}' is neither ISO 8601 (2026-01-02T03:04:05Z) nor a time ago (2h)",
             param_hint="--since",
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise typer.BadParameter(
+            f"'{text}' is before the year 1 or after 9999 in UTC", param_hint="--since"
+        ) from None
+
+
+def _since(text: str, *, now: datetime) -> datetime:
+    relative = _RELATIVE.fullmatch(text)
+    if relative:
+        amount, unit = relative.groups()
+        return now - timedelta(**{_UNITS[unit]: int(amount)})
+    moment = datetime.fromisoformat(text)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _state(delivery: pb.Delivery) -> str:
