@@ -100,6 +100,14 @@ def test_text_that_is_no_portable_json_is_refused_naming_where(text: str, field:
     assert [name for name, _ in raised.value.violations] == [field]
 
 
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "99999999999d"]
+)
+def test_a_since_outside_the_years_1_to_9999_is_a_usage_error(text: str) -> None:
+    with pytest.raises(typer.BadParameter, match="before the year 1 or after 9999"):
+        parse_since(text, now=datetime(2026, 1, 2, tzinfo=UTC))
+
+
 def test_since_is_a_time_or_a_time_ago() -> None:
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert parse_since("2h", now=now) == now - timedelta(hours=2)
