@@ -148,6 +148,8 @@ BREAKERS: dict[str, Callable[[str], str]] = {
     "string": _as_string,
     "empty": _empty,
 }
+# Breakers whose text is JSON with one value it cannot carry: the refusal names that value.
+VALUE_BREAKERS = {"nan", "infinite-number", "lone-surrogate"}
 
 # JSON values by kind, for giving a field a value of a kind its schema forbids. Numbers are
 # non-integral only: 3.0 is an integer to JSON Schema.
@@ -372,7 +374,8 @@ def mutations(message_type: str, bases: Sequence[Details]) -> st.SearchStrategy[
         found.append(Mutated(f"oversize/{character}", message_type, text, "details"))
         breaker = draw(st.sampled_from(sorted(BREAKERS)))
         broken = BREAKERS[breaker](ENCODINGS[draw(st.sampled_from(sorted(ENCODINGS)))](base))
-        found.append(Mutated(f"broken-json/{breaker}", message_type, broken, "details"))
+        field = "details.broken" if breaker in VALUE_BREAKERS else "details"
+        found.append(Mutated(f"broken-json/{breaker}", message_type, broken, field))
         return found
 
     return mutate()
