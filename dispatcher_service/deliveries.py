@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,9 @@ __all__ = ["DeliveryLog", "DeliveryPage"]
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_ID_LENGTH = 200
+# The ids the store gives deliveries: "dlv_" and 32 hex digits (a time-ordered id now, a
+# uuid4 in hex before). A page token's id goes into a query, so nothing else gets that far.
+_DELIVERY_ID_SHAPE = re.compile(r"dlv_[0-9a-f]{32}")
 
 
 def _utc_now() -> datetime:
@@ -71,7 +75,7 @@ class DeliveryLog:
             state=state,
         )
         filters = [query.tenant, query.subscription_id, query.message_id, query.state]
-        position = decode_page_token(page_token, filters)
+        position = decode_page_token(page_token, filters, id_shape=_DELIVERY_ID_SHAPE)
         after = None if position is None else DeliveryCursor(*position)
         found, following = await asyncio.to_thread(self._store.page, query, after=after)
         token = (

@@ -777,6 +777,8 @@ def _forged_page_tokens() -> list[str]:
         ("9999-12-31T23:59:59.999999-23:59", "zzz"),
         ("2020-01-01", "' OR 1=1 --"),
         ("2020-01-01T00:00:00+00:00", "a\x00b"),
+        ("2020-01-01T00:00:00+00:00", "sub_\ud800"),
+        ("2020-01-01T00:00:00+00:00", "dlv_\udfff"),
         ("not a time", "x"),
         (12, ["not", "an", "id"]),
         (None, None),
@@ -1712,3 +1714,106 @@ async def test_a_nul_character_is_not_an_internal_error_on_postgresql(world: Wor
     await _assert_still_serving(world)
     broken = {name: code for name, code in answers.items() if code in ("INTERNAL", "UNKNOWN")}
     assert not broken, f"{len(broken)} of {len(answers)} RPCs: {broken}"
+
+
+# --- forged page tokens ------------------------------------------------------------------------
+
+
+def _forged_from(issued: str) -> dict[str, str]:
+    """Forgeries of a page token the service issued: each keeps its fingerprint, so only the
+    forged part can be why it is refused (or, before tokens were checked, why it broke)."""
+    fields = json.loads(base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4)))
+    last_id, moment = fields["i"], fields["t"]
+
+    def token(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+    def replaced(**changes: object) -> str:
+        return token(json.dumps({**fields, **changes}))
+
+    return {
+        # json.dumps writes the escape \ud800, which json.loads reads back as a lone surrogate.
+        "lone surrogate in the id": replaced(i=last_id[:-1] + "\ud800"),
+        "nul in the id": replaced(i=last_id[:-1] + "\x00"),
+        "id of another shape": replaced(i="' OR '1'='1"),
+        "id not a string": replaced(i=["not", "an", "id"]),
+        "naive time": replaced(t=moment.removesuffix("+00:00")),
+        "time beyond year 9999 in UTC": replaced(t="9999-12-31T23:59:59.999999-23:59"),
+        "time not a string": replaced(t=1_700_000_000),
+        "an extra field": replaced(tenant="globex"),
+        "a missing field": token(json.dumps({"t": moment, "i": last_id})),
+        "nested JSON": token("[" * 5000 + "]" * 5000),
+        "huge token": replaced(i="x" * HUGE),
+        "not base64url": issued.replace("-", "+").replace("_", "/") + "+/==",
+    }
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A list RPC, a caller who sees both tenants' rows, and a request for one row a page."""
+
+    rpc: str
+    token: Callable[[World], str]
+    request: Callable[[str], Message]
+
+
+_LISTINGS = (
+    _Listing(
+        _S + "ListSubscriptions",
+        lambda world: world.tokens.operator,
+        lambda page_token: subscription_pb.ListSubscriptionsRequest(
+            page_size=1, page_token=page_token
+        ),
+    ),
+    _Listing(
+        _D + "ListDeliveries",
+        lambda world: world.tokens.platform,
+        lambda page_token: dispatcher_pb.ListDeliveriesRequest(page_size=1, page_token=page_token),
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_a_forged_page_token_is_an_invalid_argument_naming_the_page_token(
+    backend: str, world: World
+) -> None:
+    """Before page tokens were checked strictly, a lone surrogate (SQLite) or a NUL
+    (PostgreSQL) in a token's id answered INTERNAL on both list RPCs."""
+    wrong: list[str] = []
+    calls = 0
+    for listing in _LISTINGS:
+        issued = await _issued_page_token(world, listing)
+        for label, forged in _forged_from(issued).items():
+            calls += 1
+            request, outcome = await _listed(world, listing, page_token=forged)
+            problems = _problems(world, RPCS[listing.rpc], listing.token(world), [request], outcome)
+            if outcome.code != Code.INVALID_ARGUMENT or "page_token" not in outcome.violations:
+                got = f"{outcome.code.name}: {outcome.details[:200]!r} {outcome.violations}"
+                problems.append(f"expected INVALID_ARGUMENT on page_token, got {got}")
+            wrong += [f"{_short(listing.rpc)}, {label}: {problem}" for problem in problems]
+    await _assert_still_serving(world)
+    report_cases(f"forged page tokens [{backend}]: {calls} calls over {len(_LISTINGS)} RPCs")
+    assert not wrong, f"{len(wrong)} of {calls} calls went wrong:\n" + "\n".join(wrong)
+
+
+async def _listed(world: World, listing: _Listing, *, page_token: str) -> tuple[Message, Outcome]:
+    request = listing.request(page_token)
+    method = RPCS[listing.rpc]
+    payload = request.SerializeToString()
+    return request, await _invoke(world, method, [payload], auth(listing.token(world)))
+
+
+async def _issued_page_token(world: World, listing: _Listing) -> str:
+    """A token the service issued for the second page; it still gets that page (the control
+    that shows the forgeries are refused for what was forged)."""
+    _, first = await _listed(world, listing, page_token="")
+    assert first.code == Code.OK, f"{listing.rpc}: {first.code.name} {first.details!r}"
+    [response] = first.responses
+    issued = cast(Any, response).next_page_token
+    assert isinstance(issued, str)
+    assert issued, "two rows listed one a page must leave a next page"
+    _, second = await _listed(world, listing, page_token=issued)
+    assert second.code == Code.OK, f"{listing.rpc}: {second.code.name} {second.details!r}"
+    return issued
