@@ -141,7 +141,9 @@ class World:
 
 
 def _event(message_id: str, **fields: Any) -> dispatcher_pb.Event:
-    return dispatcher_pb.Event(message_id=message_id, message_type=NOTE, details="{}", **fields)
+    return dispatcher_pb.Event(
+        message_id=message_id, **{"message_type": NOTE, "details": "{}", **fields}
+    )
 
 
 async def _within(seconds: float, probe: Callable[[], Awaitable[T | None]]) -> T:
@@ -876,6 +878,9 @@ def _hints(world: World) -> Hints:
             json.dumps({**DOCUMENTED_VALID_DETAILS[CLAIM_CREATED], "amount": -(2**63)}),
             "[" * 5000 + "]" * 5000,
             '{"a":' * 2000 + "1" + "}" * 2000,
+            '{"x":' + "[" * 990 + "1234567890123456789" + "]" * 990 + "}",
+            '{"x":' + "[" * 40 + "]" * 40 + "}",
+            '{"a" : 1, "a" : 2}',
             '{"n": 1e400}',
             '{"n": 123456789012345678901234567890}',
             '{"s": "\\ud800"}',
@@ -1618,6 +1623,67 @@ async def test_tokens(backend: str, world: World) -> None:
     assert not wrong, f"{len(wrong)} of {calls} calls went wrong:\n" + "\n".join(wrong)
 
 
+# Details JSON cannot carry unchanged, and the field each refusal must name.
+UNFAITHFUL_DETAILS = {
+    "the issue's deep nesting": (
+        '{"x":' + "[" * 990 + "1234567890123456789" + "]" * 990 + "}",
+        "details.x",
+    ),
+    "nesting past the parser": ('{"x":' + "[" * 5000 + "]" * 5000 + "}", "details"),
+    "nesting one level past the limit": ('{"x":' + "[" * 32 + "]" * 32 + "}", "details.x"),
+    "repeated key": ('{"a": 1, "b": {"c": 1, "c": 2}}', "details.b"),
+    "repeated key, spaced": ('{"a" : 1, "a" : 2}', "details"),
+    "overflowing number": ('{"amount": 1e999}', "details.amount"),
+    "integer beyond 64 bits": ('{"n": [18446744073709551616]}', "details.n[0]"),
+    "lone surrogate": ('{"s": "\\ud800"}', "details.s"),
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("rpc", ["PublishEvent", "PublishEvents"])
+async def test_details_json_cannot_carry_is_refused_naming_where_and_the_stream_goes_on(
+    rpc: str, world: World
+) -> None:
+    method = RPCS[_D + rpc]
+    wrong: list[str] = []
+    for number, (case, (details, field)) in enumerate(UNFAITHFUL_DETAILS.items()):
+        if rpc == "PublishEvents":
+            # Between two good events, and in a batch of its own before a good one.
+            requests: list[Message] = [
+                dispatcher_pb.PublishEventsRequest(
+                    events=[
+                        _event(f"before-{number}"),
+                        _event(f"bad-{number}", details=details),
+                        _event(f"after-{number}"),
+                    ]
+                ),
+                _publish_batch(f"next-{number}"),
+            ]
+        else:
+            requests = [_publish_one(f"bad-{number}", details=details)]
+        payloads = [r.SerializeToString() for r in requests]
+        outcome = await _invoke(world, method, payloads, auth(world.tokens.acme_publisher))
+        if rpc == "PublishEvents":
+            results = [(r.message_id, r.error.code) for r in _results_of_all(outcome)]
+            expected = [
+                (f"before-{number}", ""),
+                (f"bad-{number}", "INVALID_ARGUMENT"),
+                (f"after-{number}", ""),
+                (f"next-{number}", ""),
+            ]
+            fields = [v.field for r in _results_of_all(outcome) for v in r.error.field_violations]
+            if outcome.code != Code.OK or results != expected or fields != [field]:
+                wrong.append(f"{case}: {outcome.code.name} {results} {fields}")
+        elif outcome.code != Code.INVALID_ARGUMENT or list(outcome.violations) != [field]:
+            wrong.append(f"{case}: {outcome.code.name} {outcome.violations} {outcome.details!r}")
+    await _assert_still_serving(world)
+    assert not wrong, "\n".join(wrong)
+
+
+def _results_of_all(outcome: Outcome) -> list[dispatcher_pb.PublishResult]:
+    return [result for response in outcome.responses for result in _results_of(response)]
+
+
 # --- known bugs ------------------------------------------------------------------------------
 
 
@@ -1658,7 +1724,7 @@ async def test_an_out_of_range_timestamp_is_an_invalid_argument(rpc: str, world:
     await _assert_still_serving(world)
     assert outcome.code not in BROKEN, f"{outcome.code.name}: {outcome.details[:300]}"
     if rpc == "PublishEvents":
-        results = [r for response in outcome.responses for r in _results_of(response)]
+        results = _results_of_all(outcome)
         assert [(r.message_id, r.error.code) for r in results] == [
             ("late", "INVALID_ARGUMENT"),
             ("after-late", ""),
