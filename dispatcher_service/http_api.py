@@ -309,7 +309,7 @@ def _user(body: Mapping[str, object], violations: list[FieldViolation]) -> Event
 def _details_text(details: Mapping[str, object], violations: list[FieldViolation]) -> str:
     try:
         return orjson.dumps(details).decode()
-    except TypeError as error:  # beyond 64-bit integers, nesting too deep
+    except TypeError as error:  # only for a body strict_json did not read
         violations.append(FieldViolation("details", f"is not portable JSON: {error}"))
         return ""
 

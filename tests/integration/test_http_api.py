@@ -235,6 +235,10 @@ UNFAITHFUL_JSON = {
     "repeated key in details": (_claim_text('{"a": 1, "a": 2}'), "details.extra"),
     "repeated key, spaced": (_claim_text('{"a" : 1, "a" : 2}'), "details.extra"),
     "lone surrogate": (_claim_text('"\\ud800"'), "details.extra"),
+    "lone surrogate in user.id": (
+        json.dumps(claim("raw")).replace('"USER_ID"', '"\\ud800"').encode(),
+        "user.id",
+    ),
     "deep details": (_claim_text("[" * 40 + "]" * 40), "details.extra"),
     "the issue's deep details": (
         _claim_text("[" * 990 + "1234567890123456789" + "]" * 990),
