@@ -30,12 +30,11 @@ __all__ = ["MAX_DEPTH", "JsonRefused", "loads"]
 # Deep enough for any event and the webhook body around it; shallow enough for every common
 # parser's default (.NET's System.Text.Json stops at 64).
 MAX_DEPTH = 64
-_INT64 = range(-(2**63), 2**63)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # orjson reads an integer beyond 64 bits as a float at least this large.
 _INT64_MAGNITUDE = float(2**63)
-# Every key of a document ends with a quote followed by a colon; a string that holds `":`
-# escapes the quote and is counted too, which only sends the document to the slow path.
-_KEY_ENDS = re.compile(r'"\s*:')
+# A key end written with white space before its colon.
+_SPACED_KEY_END = re.compile(r'"[ \t\r\n]+:')
 # Strings (with their escapes) and brackets, to measure nesting without parsing.
 _NESTING_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
@@ -58,12 +57,94 @@ def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as error:
         raise _parse_refusal(text, error, max_depth=max_depth) from None
-    keys, large_floats = _check(value, max_depth=max_depth)
-    if large_floats or len(_KEY_ENDS.findall(text)) != keys:
-        # The depth is bounded now, so the recursive standard parser is safe; it keeps what
-        # orjson drops: integers as written, and every key with a mark on repeated ones.
-        _check(json.loads(text, object_pairs_hook=_Members), max_depth=max_depth)
+    keys, plain = _survey(value, max_depth=max_depth)
+    if plain and not _may_repeat_a_key(text, keys):
+        return value
+    # Slowly now, to say where: the depth and the integers orjson read, then (the depth being
+    # bounded, the recursive standard parser is safe) what orjson dropped: integers as
+    # written, and every key, with a mark on repeated ones.
+    refusal = _refusal(value, max_depth=max_depth) or _refusal(
+        json.loads(text, object_pairs_hook=_Members), max_depth=max_depth
+    )
+    if refusal is not None:
+        raise refusal
     return value
+
+
+def _survey(value: object, *, max_depth: int) -> tuple[int, bool]:
+    """How many keys the objects of `value` hold, and whether it is plainly fine: within the
+    depth, no integer beyond 64 bits, no float as large as one. A walk without recursion or
+    paths, as ingestion makes one per event."""
+    keys = 0
+    plain = _plain_number(value)
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack and plain:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            keys += len(node)
+            items: Any = node.values()
+        elif type(node) is list:
+            items = node
+        else:
+            continue
+        plain = depth <= max_depth
+        for item in items:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif (kind is int or kind is float) and not _plain_number(item):
+                plain = False
+    return keys, plain
+
+
+def _plain_number(value: object) -> bool:
+    if type(value) is int:
+        return _INT64_MIN <= value <= _INT64_MAX
+    if type(value) is float:
+        return -_INT64_MAGNITUDE < value < _INT64_MAGNITUDE
+    return True
+
+
+def _may_repeat_a_key(text: str, keys: int) -> bool:
+    """Whether `text` may hold more keys than orjson kept (it keeps the last of repeated
+    ones). Each key is followed by one colon; other colons are inside strings."""
+    if text.count(":") == keys:
+        return False
+    if _SPACED_KEY_END.search(text):
+        return True
+    # Every key ends with `":` now; inside a string `":` is escaped `\":`, counted too.
+    return text.count('":') != keys
+
+
+def _refusal(value: object, *, max_depth: int) -> JsonRefused | None:
+    """What in `value` breaks the depth, the integer range or the unique keys, and where."""
+    if type(value) is int and not _plain_number(value):
+        return _beyond_64_bits(value, ())
+    stack: list[tuple[object, Location]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _Members) and node.repeated is not None:
+            return JsonRefused(path, f"holds the key {node.repeated!r} more than once")
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif isinstance(node, list):
+            items = enumerate(node)
+        else:
+            continue
+        if len(path) >= max_depth:
+            return _too_deep(path, max_depth)
+        for step, item in items:
+            if type(item) is int and not _plain_number(item):
+                return _beyond_64_bits(item, (*path, step))
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, step)))
+    return None
+
+
+def _beyond_64_bits(value: int, path: Location) -> JsonRefused:
+    literal = str(value)
+    shown = literal if len(literal) <= 40 else f"{literal[:40]}..."
+    return JsonRefused(path, f"the integer {shown} does not fit in 64 bits")
 
 
 def _parse_refusal(text: str, error: orjson.JSONDecodeError, *, max_depth: int) -> JsonRefused:
@@ -104,43 +185,6 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _check(value: object, *, max_depth: int) -> tuple[int, bool]:
-    """Walks `value` without recursion: how many keys its objects hold, and whether it has
-    a float as large as a 64-bit integer."""
-    _check_integer(value, ())
-    keys = 0
-    large_floats = type(value) is float and abs(value) >= _INT64_MAGNITUDE
-    stack: list[tuple[object, Location]] = [(value, ())]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node, _Members) and node.repeated is not None:
-                raise JsonRefused(path, f"holds the key {node.repeated!r} more than once")
-            keys += len(node)
-            items: Any = node.items()
-        elif isinstance(node, list):
-            items = enumerate(node)
-        else:
-            continue
-        if len(path) >= max_depth:
-            raise _too_deep(path, max_depth)
-        for step, item in items:
-            if type(item) is int:
-                _check_integer(item, (*path, step))
-            elif type(item) is float:
-                large_floats = large_floats or abs(item) >= _INT64_MAGNITUDE
-            elif isinstance(item, dict | list):
-                stack.append((item, (*path, step)))
-    return keys, large_floats
-
-
-def _check_integer(value: object, path: Location) -> None:
-    if type(value) is int and value not in _INT64:
-        literal = str(value)
-        shown = literal if len(literal) <= 40 else f"{literal[:40]}..."
-        raise JsonRefused(path, f"the integer {shown} does not fit in 64 bits")
 
 
 def _too_deep(path: Location, max_depth: int) -> JsonRefused:
