@@ -1,8 +1,8 @@
 """Reading event details: the wire format's strict rule against orjson alone.
 
 Ingestion reads every event's `details` text with `strict_json.loads`: orjson, then a walk
-that bounds nesting and integers and looks for a repeated key. Over the documented example
-of every contract, and over a larger document with nested objects and arrays:
+that bounds nesting and integers and looks for a repeated key. Over the documented examples
+of the contracts (small and flat), and over a 4 KiB document of nested objects and arrays:
 
 - raw limit: `orjson.loads`, which refuses no repeated key, reads integers beyond 64 bits as
   floats and has no nesting bound of ours;
