@@ -36,6 +36,8 @@ def refusal(text: str, *, max_depth: int = MAX_DEPTH) -> tuple[tuple[str | int, 
         ('{"a": 1, "b": {"c": 2, "c": 3}}', ("b",), "'c' more than once"),
         ('{"a" : 1, "a" : 2}', (), "'a' more than once"),
         ('{"a":\n1, "a":2}', (), "'a' more than once"),
+        ('{"at": "10:00:00", "a": 1, "a": 2}', (), "'a' more than once"),
+        ('{"a": "\\":", "a": 2}', (), "'a' more than once"),
         ('{"a": "\\ud800"}', ("a",), "lone surrogate"),
         ('{"a": ["\\udc00x"]}', ("a", 0), "lone surrogate"),
         ('{"\\ud800": 1}', (), "a key that holds a lone surrogate"),
@@ -63,6 +65,10 @@ def test_large_floats_that_are_no_integers_pass_unchanged() -> None:
 
 def test_keys_whose_text_looks_like_another_key_end_are_not_taken_for_repeats() -> None:
     assert loads('{"a": "x\\":y", "b": "\\" : "}') == {"a": 'x":y', "b": '" : '}
+    assert loads('{"at": "2026-01-02T03:04:05Z", "b" : 1}') == {
+        "at": "2026-01-02T03:04:05Z",
+        "b": 1,
+    }
 
 
 def test_nesting_up_to_the_bound_passes_and_one_level_more_is_refused() -> None:
