@@ -39,6 +39,7 @@ test: $(INSTALLED) $(NODE_MODULES)
 ## Every benchmark under bench/: each prints our figure next to the raw limit of the same run.
 bench: $(INSTALLED)
 	$(BIN)/python bench/contracts_validation.py
+	$(BIN)/python bench/details_parsing.py
 	$(BIN)/python bench/signing_rate.py
 	$(BIN)/python bench/http_post_rate.py --rounds 3
 	$(BIN)/python bench/dispatcher_rates.py --events 8000 --rounds 3
