@@ -7,6 +7,11 @@ SQLite: SQLAlchemy would silently drop `SKIP LOCKED`, so SQLite gets its own cla
 needs none: one UPDATE statement holds the database's single write lock from the
 moment it reads the due rows to the moment it sets their lease, so two processes can
 never claim the same row.
+
+Both: a due row that still has a lease had it run out (its worker was killed or stalled
+before recording an answer). The claim leaves such a row's `claim_time` as it was, and
+says so, so that the store can record the attempt cut short in the same transaction;
+rows never claimed, or given back, cost nothing more than a CASE and a comparison.
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ def claim_statement(
 
     Returns what sending needs, payload included, in one statement: the id, tenant,
     subscription_id, message_id, message_type, url, attempt_count, payload and due time
-    (next_attempt_time) of each. Built once per backend and variant, parameters bound."""
+    (next_attempt_time) of each; then whether its lease had run out (its claim_time is
+    then left as the lost lease's, not set to `:now`). Built once per backend and
+    variant, parameters bound."""
+    now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+    claim_time = col(DeliveryRow.claim_time)
     due = _due()
     if only:
         due = due.where(col(DeliveryRow.subscription_id) == sa.bindparam("only"))
@@ -71,6 +80,8 @@ def claim_statement(
         .values(
             lease_owner=sa.bindparam("owner"),
             lease_expires=sa.bindparam("lease_until", type_=sa.DateTime(timezone=True)),
+            # SET sees the row as it was; RETURNING sees it as it is now.
+            claim_time=sa.case((col(DeliveryRow.lease_expires).is_(None), now), else_=claim_time),
         )
         .returning(
             col(DeliveryRow.id),
@@ -84,5 +95,6 @@ def claim_statement(
             .where(col(EventRow.id) == col(DeliveryRow.event_id))
             .scalar_subquery(),
             col(DeliveryRow.next_attempt_time),
+            claim_time.is_distinct_from(now),
         )
     )

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 __all__ = [
+    "INTERRUPTED_ERROR",
     "Attempt",
+    "ClaimedBatch",
     "ClaimedDelivery",
     "Completion",
     "Delivery",
@@ -81,6 +83,29 @@ class ClaimedDelivery:
     due_time: datetime
 
 
+@dataclass(frozen=True)
+class ClaimedBatch:
+    """What one claim took: the deliveries to send now, and those whose lease had run out
+    on their last attempt (dead now: nothing is sent).
+
+    A delivery whose lease had run out is taken with the attempt that lease cut short
+    recorded as interrupted, and counted in its `attempt_count`: those of `deliveries`
+    are also in `interrupted`, the others in `dead`."""
+
+    deliveries: list[ClaimedDelivery]
+    interrupted: list[ClaimedDelivery]
+    dead: list[ClaimedDelivery]
+
+
+# The error of an attempt whose dispatcher was killed or stalled past its lease before an
+# answer was recorded; whether its POST reached the endpoint is not known. The API shows
+# it as the attempt's error, so readers tell it by its first word.
+_INTERRUPTED_PREFIX = "interrupted:"
+INTERRUPTED_ERROR = (
+    f"{_INTERRUPTED_PREFIX} the dispatcher that held it stopped before an answer was recorded"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Attempt:
     number: int
@@ -89,6 +114,22 @@ class Attempt:
     latency_ms: int
     error: str
     response_snippet: str
+
+    @classmethod
+    def interrupted_at(cls, *, number: int, claim_time: datetime) -> Attempt:
+        """Attempt `number`, claimed at `claim_time` and cut short: no answer, no latency."""
+        return cls(
+            number=number,
+            start_time=claim_time,
+            status_code=0,
+            latency_ms=0,
+            error=INTERRUPTED_ERROR,
+            response_snippet="",
+        )
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status_code == 0 and self.error.startswith(_INTERRUPTED_PREFIX)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -87,6 +87,8 @@ class DeliveryRow(DispatcherTable, table=True):
     next_attempt_time: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    # When the lease was taken: the time of the attempt it cut short, should it run out.
+    claim_time: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     create_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
     update_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
 

@@ -10,6 +10,10 @@ after the previous failure, jittered):
     attempt 2: +5 s            attempt 6: +5 h
     attempt 3: +5 min          attempt 7: +10 h
     attempt 4: +30 min         attempt 8: +10 h     then dead (about 27.6 h in all)
+
+An attempt cut short (its dispatcher killed, or stalled past its lease, before the answer
+was recorded) counts as one of them, but is followed by the next at once: see
+`after_interruption`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from dispatcher_service.domain import DeliveryState
+
 __all__ = [
     "DEFAULT_DELAYS",
     "AttemptOutcome",
     "DisablePolicy",
     "RetrySchedule",
+    "after_interruption",
     "classify",
     "next_attempt_delay",
     "parse_duration",
@@ -133,6 +140,20 @@ def next_attempt_delay(
     if retry_after is None:
         return delay
     return max(delay, min(retry_after, schedule.retry_after_cap))
+
+
+def after_interruption(*, number: int, max_attempts: int) -> DeliveryState:
+    """What a delivery becomes when its attempt `number` was interrupted: RETRYING, due
+    at once, while the schedule (of `max_attempts`) has attempts left; DEAD after the last.
+
+    The interruption takes an attempt number, as the receiver may well have had the POST.
+    It uses up one of the schedule's attempts, so a delivery that kills its dispatcher every
+    time ends dead rather than being sent forever; the lease it waited out is its backoff.
+    It says nothing about the endpoint, so it never counts towards disabling it.
+    """
+    if number < 1 or max_attempts < 1:
+        raise ValueError("attempts are numbered from 1")
+    return DeliveryState.RETRYING if number < max_attempts else DeliveryState.DEAD
 
 
 def parse_retry_after(header_value: str | None, *, now: datetime) -> float | None:

@@ -11,8 +11,9 @@ import os
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ from dispatcher_service.claims import claim_statement
 from dispatcher_service.domain import (
     DUE_STATES,
     Attempt,
+    ClaimedBatch,
     ClaimedDelivery,
     Completion,
     Delivery,
@@ -40,6 +42,7 @@ from dispatcher_service.models import (
     EndpointHealthRow,
     EventRow,
 )
+from dispatcher_service.retry import after_interruption
 from service_common.database import as_utc, unavailable_on_database_errors
 from service_common.errors import NotFound
 
@@ -52,11 +55,16 @@ _HEALTH = EndpointHealthRow.__table__  # type: ignore[attr-defined]
 
 
 # Built once: a cached statement costs a fraction of building one per call.
+_NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
 _COMPLETE = (
     sa.update(_DELIVERIES)
     .where(
         _DELIVERIES.c.id.in_(sa.bindparam("b_ids", expanding=True)),
         _DELIVERIES.c.lease_owner == sa.bindparam("b_owner"),
+        # Its attempt follows those recorded when it was claimed. A claim after its lease
+        # ran out recorded one more (interrupted), which fences off a late answer even
+        # when the same worker claimed it again.
+        _DELIVERIES.c.attempt_count == sa.bindparam("b_attempts", type_=sa.Integer) - 1,
     )
     .values(
         state=sa.bindparam("b_state"),
@@ -67,6 +75,39 @@ _COMPLETE = (
         update_time=sa.bindparam("b_now", type_=sa.DateTime(timezone=True)),
     )
     .returning(_DELIVERIES.c.id)
+)
+# A claimed delivery whose lease had run out: the attempt it cut short is counted, and it
+# is sent again at once (see `retry.after_interruption`), or it is dead.
+_RETRY_INTERRUPTED = (
+    sa.update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
+    )
+    .values(
+        state=DeliveryState.RETRYING.value,
+        attempt_count=_DELIVERIES.c.attempt_count + 1,
+        claim_time=_NOW,
+        update_time=_NOW,
+    )
+)
+_END_INTERRUPTED = (
+    sa.update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
+    )
+    .values(
+        state=DeliveryState.DEAD.value,
+        attempt_count=_DELIVERIES.c.attempt_count + 1,
+        next_attempt_time=None,
+        lease_owner=None,
+        lease_expires=None,
+        update_time=_NOW,
+    )
+)
+_LOST_CLAIM_TIMES = sa.select(_DELIVERIES.c.id, _DELIVERIES.c.claim_time).where(
+    _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True))
 )
 _UNCLAIM = (
     sa.update(_DELIVERIES)
@@ -85,7 +126,6 @@ _INSERT_ATTEMPTS = sa.insert(_ATTEMPTS)
 # A batch goes in as one JSON document of rows: one short statement for any number of
 # rows, with no per-row work in Python (a multi-row VALUES is parsed anew for each batch
 # size, an executemany converts every value on its own).
-_NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
 _INSERT_EVENTS = {
     "postgresql": sa.text(
         "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
@@ -273,14 +313,21 @@ class DeliveryStore:
         limit: int,
         now: datetime,
         lease: timedelta,
+        max_attempts: int,
         excluded: Collection[str] = (),
         due_after: datetime | None = None,
         only: str | None = None,
-    ) -> list[ClaimedDelivery]:
+    ) -> ClaimedBatch:
         """Leases the (up to `limit`) longest due deliveries to `owner`: none of the
         subscriptions in `excluded`; given `due_after`, only those due after it; given
         `only`, only those of that subscription. Returns them in the order they were
-        created."""
+        created.
+
+        A delivery whose lease ran out before its answer was recorded gets, in the same
+        transaction, an attempt row marked interrupted (numbered after those recorded,
+        timed when the lost lease was taken); `after_interruption` with the schedule's
+        `max_attempts` decides whether it is sent again or is dead.
+        """
         parameters: dict[str, object] = {
             "owner": owner,
             "now": now,
@@ -299,8 +346,19 @@ class DeliveryStore:
             after=due_after is not None,
             only=only is not None,
         )
+        dead: set[str] = set()
         with self._writing(durable=False) as connection:
             rows = connection.execute(statement, parameters).all()
+            # Rare: only where a dispatcher died or stalled with deliveries leased.
+            if cut_short := [row for row in rows if row[9]]:
+                dead = self._record_interrupted(
+                    connection,
+                    cut_short,
+                    owner=owner,
+                    now=now,
+                    lease=lease,
+                    max_attempts=max_attempts,
+                )
         claimed = [
             ClaimedDelivery(
                 id=row[0],
@@ -317,7 +375,55 @@ class DeliveryStore:
         ]
         # Ids sort by creation time; RETURNING keeps no order.
         claimed.sort(key=lambda delivery: delivery.id)
-        return claimed
+        if not cut_short:
+            return ClaimedBatch(deliveries=claimed, interrupted=[], dead=[])
+        counted = {row[0] for row in cut_short}
+        # With the attempt cut short counted.
+        claimed = [
+            replace(d, attempt_count=d.attempt_count + 1) if d.id in counted else d for d in claimed
+        ]
+        return ClaimedBatch(
+            deliveries=[d for d in claimed if d.id not in dead],
+            interrupted=[d for d in claimed if d.id in counted and d.id not in dead],
+            dead=[d for d in claimed if d.id in dead],
+        )
+
+    def _record_interrupted(
+        self,
+        connection: sa.Connection,
+        rows: Sequence[Sequence[Any]],
+        *,
+        owner: str,
+        now: datetime,
+        lease: timedelta,
+        max_attempts: int,
+    ) -> set[str]:
+        """Records the attempts that the claimed `rows` had cut short when their leases
+        ran out, and what that makes of them; returns the ids of those now dead."""
+        # Read here rather than returned by every claim: parsing a time per row would
+        # cost each claim of new deliveries more than all of this.
+        claimed_at: dict[str, datetime | None] = dict(
+            connection.execute(_LOST_CLAIM_TIMES, {"ids": [row[0] for row in rows]}).all()
+        )
+        attempts: list[dict[str, object]] = []
+        ends: dict[DeliveryState, list[str]] = {DeliveryState.RETRYING: [], DeliveryState.DEAD: []}
+        for row in rows:
+            number = row[6] + 1
+            lost = claimed_at[row[0]]
+            # A lease taken before the claim_time column existed: at least a lease ago.
+            claim_time = now - lease if lost is None else as_utc(lost)
+            attempts.append(
+                _attempt_row(row[0], Attempt.interrupted_at(number=number, claim_time=claim_time))
+            )
+            ends[after_interruption(number=number, max_attempts=max_attempts)].append(row[0])
+        for state, statement in (
+            (DeliveryState.RETRYING, _RETRY_INTERRUPTED),
+            (DeliveryState.DEAD, _END_INTERRUPTED),
+        ):
+            if ends[state]:
+                connection.execute(statement, {"ids": ends[state], "owner": owner, "now": now})
+        connection.execute(_INSERT_ATTEMPTS, attempts)
+        return set(ends[DeliveryState.DEAD])
 
     @unavailable_on_database_errors
     def complete(
@@ -325,16 +431,17 @@ class DeliveryStore:
     ) -> list[EndpointHealth]:
         """Records attempts, new states and endpoint health in one transaction.
 
-        Returns the health of every endpoint that failed in this batch. A delivery whose
-        lease another worker took over (this one was too slow) is left alone: its attempt
-        is not recorded twice and its state is the new owner's.
+        Returns the health of every endpoint that failed in this batch. A delivery claimed
+        again since its attempt (this worker was too slow, and its lease ran out) is left
+        alone, even when this worker claimed it again: that claim recorded the attempt as
+        interrupted, and its state is the new claim's.
         """
         if not completions:
             return []
-        # A delivery this worker sent twice under one attempt number (its lease ran out
-        # while the database was away and it claimed it again before recording the first
-        # send) must not fail the whole batch on the attempts' key: the later one is kept.
-        completions = list({c.delivery_id: c for c in completions}.values())
+        # A delivery this worker sent twice (its lease ran out while the database was away
+        # and it claimed it again before recording the first send) has two completions
+        # here, under two numbers: the claim recorded the first as interrupted, and
+        # `_COMPLETE` holds only the later one, so the attempts' key never clashes.
         # The UPDATEs come first (so SQLite takes its write lock, and PostgreSQL locks
         # the rows, before anything is read) and name the deliveries this worker still
         # held. Deliveries that end alike (most succeed at their first attempt) share one.
@@ -343,10 +450,10 @@ class DeliveryStore:
             key = (completion.state, completion.attempt.number, completion.next_attempt_time)
             alike.setdefault(key, []).append(completion.delivery_id)
         with self._writing(durable=False) as connection:
-            held: set[str] = set()
+            held: set[tuple[str, int]] = set()
             for (state, attempts, next_time), ids in alike.items():
                 held.update(
-                    row[0]
+                    (row[0], attempts)
                     for row in connection.execute(
                         _COMPLETE,
                         {
@@ -359,22 +466,11 @@ class DeliveryStore:
                         },
                     )
                 )
-            recorded = [c for c in completions if c.delivery_id in held]
+            recorded = [c for c in completions if (c.delivery_id, c.attempt.number) in held]
             if recorded:
                 connection.execute(
                     _INSERT_ATTEMPTS,
-                    [
-                        {
-                            "delivery_id": c.delivery_id,
-                            "number": c.attempt.number,
-                            "start_time": c.attempt.start_time,
-                            "status_code": c.attempt.status_code,
-                            "latency_ms": c.attempt.latency_ms,
-                            "error": c.attempt.error[:1024],
-                            "response_snippet": c.attempt.response_snippet[:2048],
-                        }
-                        for c in recorded
-                    ],
+                    [_attempt_row(c.delivery_id, c.attempt) for c in recorded],
                 )
             return self._record_endpoints(connection, recorded, now=now)
 
@@ -532,6 +628,7 @@ class DeliveryStore:
 
     def _reschedule(self, where: list[sa.ColumnElement[bool]], *, now: datetime) -> list[str]:
         # Deliveries a worker holds right now are left to it: they are being sent already.
+        # A lease that ran out stays, so the next claim records the attempt it cut short.
         not_in_flight = sa.or_(
             _DELIVERIES.c.lease_expires.is_(None), _DELIVERIES.c.lease_expires < now
         )
@@ -539,13 +636,7 @@ class DeliveryStore:
             rows = connection.execute(
                 sa.update(_DELIVERIES)
                 .where(*where, not_in_flight)
-                .values(
-                    state=DeliveryState.PENDING.value,
-                    next_attempt_time=now,
-                    lease_owner=None,
-                    lease_expires=None,
-                    update_time=now,
-                )
+                .values(state=DeliveryState.PENDING.value, next_attempt_time=now, update_time=now)
                 .returning(_DELIVERIES.c.id)
             )
             return [row[0] for row in rows]
@@ -578,6 +669,19 @@ class DeliveryStore:
                 sa.select(_DELIVERIES.c.state, sa.func.count()).group_by(_DELIVERIES.c.state)
             )
             return {DeliveryState(state): count for state, count in rows}
+
+
+def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, object]:
+    """The columns of an attempts row, cut to their lengths."""
+    return {
+        "delivery_id": delivery_id,
+        "number": attempt.number,
+        "start_time": attempt.start_time,
+        "status_code": attempt.status_code,
+        "latency_ms": attempt.latency_ms,
+        "error": attempt.error[:1024],
+        "response_snippet": attempt.response_snippet[:2048],
+    }
 
 
 def _attempt(row: sa.RowMapping) -> Attempt:

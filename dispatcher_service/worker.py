@@ -25,7 +25,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from dispatcher_service.domain import (
+    INTERRUPTED_ERROR,
     Attempt,
+    ClaimedBatch,
     ClaimedDelivery,
     Completion,
     DeliveryState,
@@ -46,7 +48,7 @@ from dispatcher_service.routing import Route
 from dispatcher_service.signing import Signature, SignatureAlgorithm, delivery_headers
 from dispatcher_service.store import DeliveryStore
 from service_common.errors import StoreUnavailable
-from service_common.logs import bind_log_context
+from service_common.logs import bind_log_context, log_context
 from service_common.tracing import tracing_enabled
 
 __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
@@ -313,12 +315,13 @@ class DeliveryWorker:
             due_after, only = scope
             now = self._clock()
             try:
-                claimed = await self._store_call(
+                batch = await self._store_call(
                     self._store.claim,
                     owner=self.owner,
                     limit=want,
                     now=now,
                     lease=self._limits.lease,
+                    max_attempts=self._schedule.max_attempts,
                     excluded=excluded if only is None else (),
                     due_after=due_after,
                     only=only,
@@ -337,6 +340,9 @@ class DeliveryWorker:
                 continue
             backoff = self._limits.poll_interval
             self._outage.ended()
+            claimed = batch.deliveries
+            if batch.interrupted or batch.dead:
+                self._note_interrupted(batch)
             queued = self._queued_total
             busy = [delivery.id for delivery in claimed if not self._take(delivery)]
             # Before the tasks just started get to run.
@@ -347,10 +353,33 @@ class DeliveryWorker:
             elif len(claimed) == want and self._queued_total == queued:
                 # Everything started at once: ask for more next time.
                 self._claim_size = min(self._limits.claim_batch, 2 * self._claim_size)
-            short = len(claimed) < want
-            self._remember(claimed, short=short, now=now, excluded=excluded, only=only)
+            taken = [*claimed, *batch.dead] if batch.dead else claimed
+            short = len(taken) < want
+            self._remember(taken, short=short, now=now, excluded=excluded, only=only)
             if short and not excluded:
                 await self._idle()
+
+    def _note_interrupted(self, batch: ClaimedBatch) -> None:
+        """Logs and counts the attempts that `batch`'s claim found cut short (their
+        dispatcher was killed, or stalled past its lease) and recorded as interrupted."""
+        for state, deliveries in (
+            (DeliveryState.RETRYING, batch.interrupted),
+            (DeliveryState.DEAD, batch.dead),
+        ):
+            for delivery in deliveries:
+                self._recorded[state].inc()
+                with log_context(
+                    delivery_id=delivery.id,
+                    message_id=delivery.message_id,
+                    subscription_id=delivery.subscription_id,
+                ):
+                    log.log(
+                        logging.WARNING if state is DeliveryState.DEAD else logging.INFO,
+                        "attempt %d: %s; delivery %s",
+                        delivery.attempt_count,
+                        INTERRUPTED_ERROR,
+                        "dead" if state is DeliveryState.DEAD else "sent again now",
+                    )
 
     def _scope(
         self, looked: _LookedThrough | None, excluded: frozenset[str]

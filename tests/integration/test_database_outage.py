@@ -26,6 +26,7 @@ import pytest
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.domain import (
     Attempt,
+    ClaimedDelivery,
     Completion,
     DeliveryState,
     PreparedEvent,
@@ -389,11 +390,13 @@ async def _subscription_calls_through_an_outage(
     await watch_first()
 
 
-def test_a_delivery_sent_twice_before_its_first_send_was_recorded_is_recorded_once(
+def test_a_delivery_sent_twice_before_its_first_send_was_recorded_keeps_one_row_per_send(
     database_url: str,
 ) -> None:
     """After an outage longer than the lease, the worker may claim and send a delivery
-    again before the first send is recorded: both land in one batch of completions."""
+    again before the first send is recorded: both land in one batch of completions. The
+    claim again recorded the first as interrupted, under its own number; its late answer
+    does not overwrite that row or clash with it, and the second send is recorded."""
     engine = create_engine(database_url)
     try:
         migrate(engine)
@@ -412,17 +415,21 @@ def test_a_delivery_sent_twice_before_its_first_send_was_recorded_is_recorded_on
             now=start,
         )
         lease = timedelta(seconds=5)
-        (first,) = store.claim(owner="w", limit=10, now=start, lease=lease)
-        (again,) = store.claim(owner="w", limit=10, now=start + 2 * lease, lease=lease)
-        assert again.id == first.id
-        assert again.attempt_count == first.attempt_count == 0
+        later = start + 2 * lease
+        (first,) = store.claim(
+            owner="w", limit=10, now=start, lease=lease, max_attempts=8
+        ).deliveries
+        claimed_again = store.claim(owner="w", limit=10, now=later, lease=lease, max_attempts=8)
+        assert claimed_again.interrupted == claimed_again.deliveries
+        (again,) = claimed_again.deliveries
+        assert (again.id, first.attempt_count, again.attempt_count) == (first.id, 0, 1)
 
-        def sent(at: datetime) -> Completion:
+        def sent(delivery: ClaimedDelivery, at: datetime) -> Completion:
             return Completion(
-                delivery_id=first.id,
+                delivery_id=delivery.id,
                 subscription_id="sub_1",
                 attempt=Attempt(
-                    number=1,
+                    number=delivery.attempt_count + 1,
                     start_time=at,
                     status_code=200,
                     latency_ms=1,
@@ -434,11 +441,13 @@ def test_a_delivery_sent_twice_before_its_first_send_was_recorded_is_recorded_on
                 endpoint_failed=False,
             )
 
-        later = start + 2 * lease
-        store.complete([sent(start), sent(later)], owner="w", now=later)
+        store.complete([sent(first, start), sent(again, later)], owner="w", now=later)
         recorded = store.get(first.id, tenant="acme")
         assert recorded.state is DeliveryState.SUCCEEDED
-        assert [a.start_time for a in recorded.attempts] == [later]
+        assert [(a.number, a.start_time, a.interrupted) for a in recorded.attempts] == [
+            (1, start, True),
+            (2, later, False),
+        ]
     finally:
         engine.dispose()
 

@@ -5,24 +5,31 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.domain import (
+    INTERRUPTED_ERROR,
     Attempt,
+    ClaimedBatch,
+    ClaimedDelivery,
     Completion,
     DeliveryQuery,
     DeliveryState,
     PreparedEvent,
     Target,
 )
+from dispatcher_service.models import DeliveryRow
 from dispatcher_service.store import DeliveryStore
 from service_common.errors import NotFound
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
+ATTEMPTS = 3  # the retry schedule's, for deliveries whose lease ran out
 
 
 @pytest.fixture
@@ -46,6 +53,29 @@ def event(message_id: str, *subscriptions: str, tenant: str = "acme") -> Prepare
         payload=f'{{"details":{{"messageType":"event.claim.created.v1"}},"messageId":"{message_id}"}}',
         targets=tuple(Target(s, f"https://{s}.example.com/in") for s in subscriptions),
     )
+
+
+def claim_batch(
+    store: DeliveryStore, owner: str, *, now: datetime, limit: int = 10, **variants: Any
+) -> ClaimedBatch:
+    """What `owner` claims at `now`, leased for LEASE."""
+    return store.claim(
+        owner=owner, limit=limit, now=now, lease=LEASE, max_attempts=ATTEMPTS, **variants
+    )
+
+
+def claim(
+    store: DeliveryStore, owner: str, *, now: datetime, limit: int = 10, **variants: Any
+) -> list[ClaimedDelivery]:
+    """What `owner` claims at `now` to send, leased for LEASE."""
+    return claim_batch(store, owner, now=now, limit=limit, **variants).deliveries
+
+
+def taken(batch: ClaimedBatch) -> list[tuple[str, int, bool]]:
+    """(id, attempt_count, whether the claim recorded an attempt cut short) of what
+    `batch` has to send."""
+    cut_short = {d.id for d in batch.interrupted}
+    return [(d.id, d.attempt_count, d.id in cut_short) for d in batch.deliveries]
 
 
 def attempt(number: int, status: int = 200) -> Attempt:
@@ -80,23 +110,22 @@ def test_claims_skip_excluded_subscriptions_or_look_after_a_time_or_at_one_subsc
     store.ingest([event("new-slow", "slow"), event("new-ok", "ok")], now=later)
     at = later + timedelta(seconds=1)
 
-    def claim(**kwargs: object) -> list[str]:
-        claimed = store.claim(owner="w", limit=10, now=at, lease=LEASE, **kwargs)  # type: ignore[arg-type]
-        return [c.message_id for c in claimed]
+    def claimed(**variants: Any) -> list[str]:
+        return [c.message_id for c in claim(store, "w", now=at, **variants)]
 
     # Due after NOW + 5 s and not the slow subscription: the new delivery of "ok" only.
-    assert claim(excluded={"slow"}, due_after=NOW + timedelta(seconds=5)) == ["new-ok"]
-    assert claim(excluded={"slow"}) == ["old-ok"]
-    assert claim(due_after=NOW + timedelta(seconds=5)) == ["new-slow"]
-    assert claim(only="ok") == []
-    assert claim(only="slow") == ["old-slow"]
-    assert claim() == []
+    assert claimed(excluded={"slow"}, due_after=NOW + timedelta(seconds=5)) == ["new-ok"]
+    assert claimed(excluded={"slow"}) == ["old-ok"]
+    assert claimed(due_after=NOW + timedelta(seconds=5)) == ["new-slow"]
+    assert claimed(only="ok") == []
+    assert claimed(only="slow") == ["old-slow"]
+    assert claimed() == []
 
 
 def test_a_claim_says_when_each_delivery_became_due(store: DeliveryStore) -> None:
     store.ingest([event("m1", "s1")], now=NOW)
     store.ingest([event("m2", "s1")], now=NOW + timedelta(seconds=3))
-    claimed = store.claim(owner="w", limit=10, now=NOW + timedelta(seconds=5), lease=LEASE)
+    claimed = claim(store, "w", limit=10, now=NOW + timedelta(seconds=5))
     assert [(c.message_id, c.due_time) for c in claimed] == [
         ("m1", NOW),
         ("m2", NOW + timedelta(seconds=3)),
@@ -105,12 +134,12 @@ def test_a_claim_says_when_each_delivery_became_due(store: DeliveryStore) -> Non
 
 def test_claims_lease_each_due_delivery_to_one_owner(store: DeliveryStore) -> None:
     store.ingest([event(f"m{i}", "s1") for i in range(10)], now=NOW)
-    first = store.claim(owner="a", limit=6, now=NOW, lease=LEASE)
-    second = store.claim(owner="b", limit=6, now=NOW, lease=LEASE)
+    first = claim(store, "a", limit=6, now=NOW)
+    second = claim(store, "b", limit=6, now=NOW)
     assert len(first) == 6
     assert len(second) == 4
     assert not {d.id for d in first} & {d.id for d in second}
-    assert store.claim(owner="c", limit=6, now=NOW, lease=LEASE) == []
+    assert claim(store, "c", limit=6, now=NOW) == []
     assert first[0].payload.startswith('{"details"')
 
 
@@ -120,7 +149,7 @@ def test_concurrent_claimers_never_share_a_delivery(store: DeliveryStore) -> Non
 
     def claimer(owner: str) -> None:
         mine = claimed.setdefault(owner, [])
-        while batch := store.claim(owner=owner, limit=7, now=NOW, lease=LEASE):
+        while batch := claim(store, owner, limit=7, now=NOW):
             mine.extend(d.id for d in batch)
 
     threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
@@ -133,35 +162,180 @@ def test_concurrent_claimers_never_share_a_delivery(store: DeliveryStore) -> Non
     assert len(set(everything)) == 200
 
 
+def completion(
+    delivery_id: str, number: int, *, status: int = 200, retry_at: datetime | None = None
+) -> Completion:
+    """Attempt `number` of a delivery to s1 answered `status`: it succeeds, or is retried
+    at `retry_at`."""
+    return Completion(
+        delivery_id=delivery_id,
+        subscription_id="s1",
+        attempt=attempt(number, status),
+        state=DeliveryState.SUCCEEDED if retry_at is None else DeliveryState.RETRYING,
+        next_attempt_time=retry_at,
+        endpoint_failed=retry_at is not None,
+    )
+
+
 def test_an_expired_lease_is_claimed_again_and_the_late_worker_is_fenced_off(
     store: DeliveryStore,
 ) -> None:
     store.ingest([event("m1", "s1")], now=NOW)
-    (held,) = store.claim(owner="crashed", limit=1, now=NOW, lease=LEASE)
-    assert store.claim(owner="other", limit=1, now=NOW + LEASE / 2, lease=LEASE) == []
-    (taken,) = store.claim(owner="other", limit=1, now=NOW + LEASE * 2, lease=LEASE)
+    (held,) = claim(store, "crashed", limit=1, now=NOW)
+    assert claim(store, "other", limit=1, now=NOW + LEASE / 2) == []
+    (taken,) = claim(store, "other", limit=1, now=NOW + LEASE * 2)
     assert taken.id == held.id
-    late = Completion(
-        subscription_id="s1",
-        endpoint_failed=False,
-        delivery_id=held.id,
-        attempt=attempt(1),
-        state=DeliveryState.SUCCEEDED,
-        next_attempt_time=None,
-    )
+    late = completion(held.id, held.attempt_count + 1)
     store.complete([late], owner="crashed", now=NOW + LEASE * 2)
-    assert store.get(held.id, tenant="acme").state is DeliveryState.PENDING
-    store.complete([late], owner="other", now=NOW + LEASE * 2)
+    assert store.get(held.id, tenant="acme").state is DeliveryState.RETRYING
+    store.complete(
+        [completion(held.id, taken.attempt_count + 1)], owner="other", now=NOW + LEASE * 2
+    )
     delivery = store.get(held.id, tenant="acme")
     assert delivery.state is DeliveryState.SUCCEEDED
-    assert [a.number for a in delivery.attempts] == [1]
+    assert [(a.number, a.status_code, a.interrupted) for a in delivery.attempts] == [
+        (1, 0, True),
+        (2, 200, False),
+    ]
+
+
+def test_a_lease_that_ran_out_leaves_one_interrupted_attempt_and_the_next_number_follows(
+    store: DeliveryStore,
+) -> None:
+    store.ingest([event("m1", "s1")], now=NOW)
+    (first,) = claim(store, "crashed", now=NOW)
+    store.complete([completion(first.id, 1, status=503, retry_at=NOW)], owner="crashed", now=NOW)
+    second = NOW + timedelta(seconds=1)
+    assert taken(claim_batch(store, "crashed", now=second)) == [(first.id, 1, False)]
+
+    # Its worker dies with attempt 2 in flight; the lease runs out, another claims it.
+    later = second + LEASE * 2
+    assert taken(claim_batch(store, "other", now=later)) == [(first.id, 2, True)]
+    delivery = store.get(first.id, tenant="acme")
+    assert (delivery.state, delivery.attempt_count) == (DeliveryState.RETRYING, 2)
+    cut_short = delivery.attempts[-1]
+    assert cut_short == Attempt.interrupted_at(number=2, claim_time=second)
+    assert (cut_short.status_code, cut_short.error) == (0, INTERRUPTED_ERROR)
+    assert claim(store, "third", now=later + LEASE / 2) == []
+
+    # Attempt 3 fails: the endpoint's run counts it and attempt 1, not the interruption.
+    health = store.complete(
+        [completion(first.id, 3, status=503, retry_at=later)], owner="other", now=later
+    )
+    assert [h.consecutive_failures for h in health] == [2]
+    (again,) = claim(store, "other", now=later)
+    store.complete([completion(first.id, again.attempt_count + 1)], owner="other", now=later)
+    delivery = store.get(first.id, tenant="acme")
+    assert [(a.number, a.status_code, a.interrupted) for a in delivery.attempts] == [
+        (1, 503, False),
+        (2, 0, True),
+        (3, 503, False),
+        (4, 200, False),
+    ]
+    assert (delivery.state, delivery.attempt_count) == (DeliveryState.SUCCEEDED, 4)
+
+
+def test_leases_given_back_or_ended_by_an_answer_leave_no_interrupted_attempt(
+    store: DeliveryStore,
+) -> None:
+    store.ingest([event(f"m{i}", "s1") for i in range(3)], now=NOW)
+    given_back, released, answered = claim(store, "w", now=NOW)
+    store.unclaim(ids=[given_back.id], owner="w")
+    store.complete([completion(answered.id, 1, status=503, retry_at=NOW)], owner="w", now=NOW)
+    store.release(owner="w")  # on shutdown
+    again = claim_batch(store, "w2", now=NOW + LEASE * 2)
+    assert taken(again) == [
+        (given_back.id, 0, False),
+        (released.id, 0, False),
+        (answered.id, 1, False),
+    ]
+    assert [len(store.get(d.id, tenant=None).attempts) for d in again.deliveries] == [0, 0, 1]
+
+
+def test_a_delivery_whose_last_attempt_is_interrupted_is_dead_and_not_sent_again(
+    store: DeliveryStore,
+) -> None:
+    """A delivery that kills its dispatcher every time is not sent forever."""
+    store.ingest([event("poison", "s1")], now=NOW)
+    (sent,) = claim(store, "w", now=NOW)
+    at = NOW
+    for number in range(1, ATTEMPTS):
+        at += LEASE * 2
+        assert taken(claim_batch(store, "w", now=at)) == [(sent.id, number, True)]
+    at += LEASE * 2
+    batch = claim_batch(store, "w", now=at)
+    assert (batch.deliveries, batch.interrupted) == ([], [])
+    assert [(d.id, d.attempt_count) for d in batch.dead] == [(sent.id, ATTEMPTS)]
+    delivery = store.get(sent.id, tenant=None)
+    assert (delivery.state, delivery.next_attempt_time) == (DeliveryState.DEAD, None)
+    assert [(a.number, a.interrupted) for a in delivery.attempts] == [
+        (n, True) for n in range(1, ATTEMPTS + 1)
+    ]
+    assert claim(store, "w", now=at + LEASE * 2) == []
+    # A redelivery is one more attempt, and an interrupted one ends it again.
+    store.redeliver_event(tenant=None, message_id="poison", subscription_id=None, now=at)
+    assert taken(claim_batch(store, "w", now=at)) == [(sent.id, ATTEMPTS, False)]
+    batch = claim_batch(store, "w", now=at + LEASE * 2)
+    assert [(d.id, d.attempt_count) for d in batch.dead] == [(sent.id, ATTEMPTS + 1)]
+
+
+def test_a_redelivery_keeps_a_lease_that_ran_out_so_its_cut_short_attempt_is_recorded(
+    store: DeliveryStore,
+) -> None:
+    store.ingest([event("m1", "s1")], now=NOW)
+    (held,) = claim(store, "crashed", now=NOW)
+    later = NOW + LEASE * 2
+    assert store.redeliver_event(
+        tenant="acme", message_id="m1", subscription_id=None, now=later
+    ) == [held.id]
+    assert taken(claim_batch(store, "other", now=later)) == [(held.id, 1, True)]
+    assert [a.interrupted for a in store.get(held.id, tenant=None).attempts] == [True]
+
+
+def test_a_lease_taken_before_claim_times_were_kept_is_timed_a_lease_before_it_ran_out(
+    store: DeliveryStore, engine: Engine
+) -> None:
+    """Deliveries leased by a dispatcher older than the claim_time column, when it dies."""
+    store.ingest([event("m1", "s1")], now=NOW)
+    (held,) = claim(store, "older", now=NOW)
+    deliveries = DeliveryRow.__table__  # type: ignore[attr-defined]
+    with engine.begin() as connection:
+        connection.execute(sa.update(deliveries).values(claim_time=None))
+    later = NOW + LEASE * 3
+    assert taken(claim_batch(store, "newer", now=later)) == [(held.id, 1, True)]
+    (cut_short,) = store.get(held.id, tenant=None).attempts
+    assert cut_short == Attempt.interrupted_at(number=1, claim_time=later - LEASE)
+
+
+def test_concurrent_claimers_record_each_cut_short_attempt_once(store: DeliveryStore) -> None:
+    store.ingest([event(f"m{i}", "s1", "s2") for i in range(50)], now=NOW)
+    assert len(claim(store, "crashed", now=NOW, limit=100)) == 100
+    later = NOW + LEASE * 2
+    claimed: dict[str, list[tuple[str, int, bool]]] = {}
+
+    def claimer(owner: str) -> None:
+        mine = claimed.setdefault(owner, [])
+        while batch := taken(claim_batch(store, owner, limit=7, now=later)):
+            mine.extend(batch)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    everything = [each for batch in claimed.values() for each in batch]
+    assert len({delivery_id for delivery_id, _, _ in everything}) == len(everything) == 100
+    assert {(count, cut_short) for _, count, cut_short in everything} == {(1, True)}
+    for delivery_id, _, _ in everything:
+        attempts = store.get(delivery_id, tenant=None).attempts
+        assert [(a.number, a.interrupted) for a in attempts] == [(1, True)]
 
 
 def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
     store: DeliveryStore,
 ) -> None:
     store.ingest([event("m1", "s1")], now=NOW)
-    (claimed,) = store.claim(owner="w", limit=1, now=NOW, lease=LEASE)
+    (claimed,) = claim(store, "w", limit=1, now=NOW)
     retry_at = NOW + timedelta(seconds=5)
     store.complete(
         [
@@ -177,10 +351,8 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
         owner="w",
         now=NOW,
     )
-    assert (
-        store.claim(owner="w", limit=1, now=retry_at - timedelta(milliseconds=1), lease=LEASE) == []
-    )
-    (again,) = store.claim(owner="w", limit=1, now=retry_at, lease=LEASE)
+    assert claim(store, "w", limit=1, now=retry_at - timedelta(milliseconds=1)) == []
+    (again,) = claim(store, "w", limit=1, now=retry_at)
     assert again.attempt_count == 1
     store.complete(
         [
@@ -203,7 +375,7 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
 
 def test_get_hides_other_tenants_deliveries(store: DeliveryStore) -> None:
     store.ingest([event("m1", "s1")], now=NOW)
-    (claimed,) = store.claim(owner="w", limit=1, now=NOW, lease=LEASE)
+    (claimed,) = claim(store, "w", limit=1, now=NOW)
     with pytest.raises(NotFound):
         store.get(claimed.id, tenant="globex")
 
@@ -212,7 +384,7 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     store: DeliveryStore,
 ) -> None:
     store.ingest([event("m1", "s1"), event("m2", "s1")], now=NOW)
-    first, _second = store.claim(owner="w", limit=2, now=NOW, lease=LEASE)
+    first, _second = claim(store, "w", limit=2, now=NOW)
     store.complete(
         [
             Completion(
@@ -230,7 +402,7 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     later = NOW + timedelta(seconds=1)
     replayed = store.redeliver_failed(tenant="acme", subscription_id="s1", since=NOW, now=later)
     assert replayed == [first.id]
-    (again,) = store.claim(owner="w2", limit=5, now=later, lease=LEASE)
+    (again,) = claim(store, "w2", limit=5, now=later)
     assert again.id == first.id
     with pytest.raises(NotFound):
         store.redeliver_event(tenant="globex", message_id="m1", subscription_id=None, now=later)
@@ -240,7 +412,7 @@ def test_endpoint_health_counts_failures_in_a_row_and_a_success_resets_it(
     store: DeliveryStore,
 ) -> None:
     store.ingest([event(f"m{i}", "s1") for i in range(4)], now=NOW)
-    claimed = store.claim(owner="w", limit=4, now=NOW, lease=LEASE)
+    claimed = claim(store, "w", limit=4, now=NOW)
 
     def complete(index: int, *, failed: bool, at: datetime) -> list[int]:
         health = store.complete(

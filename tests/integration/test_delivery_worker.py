@@ -13,7 +13,14 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from dispatcher_service.database import create_engine, migrate
-from dispatcher_service.domain import DeliveryQuery, DeliveryState, PreparedEvent, Target
+from dispatcher_service.domain import (
+    Attempt,
+    Completion,
+    DeliveryQuery,
+    DeliveryState,
+    PreparedEvent,
+    Target,
+)
 from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
 from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
@@ -219,3 +226,76 @@ async def test_an_event_is_signed_once_for_all_its_subscriptions_but_again_when_
     assert key is not None
     for body in sender.bodies:
         verify_signature(body["payloadAsString"], body["signature"], key.public_key_pem)
+
+
+async def test_what_a_dead_worker_held_is_sent_again_unless_its_last_attempt_was_cut_short(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DeliveryStore(engine)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    store.ingest(
+        [
+            PreparedEvent(
+                tenant="acme",
+                message_id=message_id,
+                message_type="event.claim.created.v1",
+                payload=json.dumps({"messageId": message_id}),
+                targets=(Target("s1", "http://127.0.0.1:9/in"),),
+            )
+            for message_id in ("first-try", "last-try")
+        ],
+        now=start,
+    )
+    lease = timedelta(minutes=1)
+    # A worker that died: it held both, "last-try" after its first attempt had failed.
+    held = store.claim(owner="dead", limit=2, now=start, lease=lease, max_attempts=2)
+    first, last = sorted(held.deliveries, key=lambda d: d.message_id)
+    failed = Attempt(
+        number=1, start_time=start, status_code=503, latency_ms=1, error="", response_snippet=""
+    )
+    store.complete(
+        [
+            Completion(
+                delivery_id=last.id,
+                subscription_id="s1",
+                attempt=failed,
+                state=DeliveryState.RETRYING,
+                next_attempt_time=start,
+                endpoint_failed=True,
+            )
+        ],
+        owner="dead",
+        now=start,
+    )
+    assert (
+        len(store.claim(owner="dead", limit=2, now=start, lease=lease, max_attempts=2).deliveries)
+        == 1
+    )
+    routes, sender = LateRoutes(), RecordingSender(failing=set())
+    routes.ready = True
+
+    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"), schedule="0s,1s")
+    worker.start()
+    try:
+        for _ in range(200):
+            delivered = store.get(first.id, tenant=None)
+            if delivered.state is DeliveryState.SUCCEEDED:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop(1)
+    assert [(a.number, a.interrupted, a.status_code) for a in delivered.attempts] == [
+        (1, True, 0),
+        (2, False, 200),
+    ]
+    # Its second attempt was its last: it is not sent again.
+    given_up = store.get(last.id, tenant=None)
+    assert given_up.state is DeliveryState.DEAD
+    assert [(a.number, a.interrupted) for a in given_up.attempts] == [(1, False), (2, True)]
+    assert [json.loads(body["payloadAsString"])["messageId"] for body in sender.bodies] == [
+        "first-try"
+    ]
+    assert any(
+        record.levelname == "WARNING" and "interrupted" in record.getMessage()
+        for record in caplog.records
+    )

@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dispatcher_service.domain import INTERRUPTED_ERROR, Attempt, DeliveryState
 from dispatcher_service.retry import (
     DEFAULT_DELAYS,
     AttemptOutcome,
     DisablePolicy,
     RetrySchedule,
+    after_interruption,
     classify,
     next_attempt_delay,
     parse_duration,
@@ -170,6 +172,57 @@ def test_next_attempt_delay_rejects_an_impossible_retry_after(retry_after: float
 def test_next_attempt_delay_rejects_negative_attempt_counts() -> None:
     with pytest.raises(ValueError, match="attempts_made"):
         delay(NO_JITTER, -1)
+
+
+# --- after_interruption ----------------------------------------------------------------
+
+
+def test_an_interrupted_attempt_is_followed_by_the_next_while_the_schedule_has_one() -> None:
+    schedule = RetrySchedule()  # 8 attempts
+    states = [after_interruption(number=n, max_attempts=schedule.max_attempts) for n in range(1, 9)]
+    assert states == [DeliveryState.RETRYING] * 7 + [DeliveryState.DEAD]
+
+
+def test_an_interruption_ends_a_delivery_exactly_where_a_failed_attempt_would() -> None:
+    schedule = RetrySchedule(delays=(0, 5, 300), jitter=0.0)
+    for number in range(1, 6):
+        failed_ends = delay(schedule, number) is None
+        interrupted = after_interruption(number=number, max_attempts=schedule.max_attempts)
+        assert (interrupted is DeliveryState.DEAD) is failed_ends, number
+
+
+def test_an_interrupted_redelivery_of_a_dead_delivery_ends_it_again() -> None:
+    assert after_interruption(number=9, max_attempts=8) is DeliveryState.DEAD
+
+
+@pytest.mark.parametrize(("number", "max_attempts"), [(0, 8), (1, 0)])
+def test_after_interruption_rejects_impossible_numbers(number: int, max_attempts: int) -> None:
+    with pytest.raises(ValueError, match="numbered from 1"):
+        after_interruption(number=number, max_attempts=max_attempts)
+
+
+def test_an_interrupted_attempt_has_no_answer_and_says_so_in_its_error() -> None:
+    attempt = Attempt.interrupted_at(number=3, claim_time=NOW)
+    assert (attempt.number, attempt.start_time, attempt.status_code) == (3, NOW, 0)
+    assert attempt.error == INTERRUPTED_ERROR
+    assert attempt.error.startswith("interrupted: ")
+    assert attempt.interrupted
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (0, "timeout: no answer in 15s"),
+        (500, ""),
+        (0, "connection refused"),
+        (502, "interrupted: x"),
+    ],
+)
+def test_answers_and_other_failures_are_not_interrupted(status: int, error: str) -> None:
+    attempt = Attempt(
+        number=1, start_time=NOW, status_code=status, latency_ms=5, error=error, response_snippet=""
+    )
+    assert not attempt.interrupted
 
 
 # --- parse_retry_after -----------------------------------------------------------------

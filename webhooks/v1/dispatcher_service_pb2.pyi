@@ -447,7 +447,11 @@ class DeliveryAttempt(_message.Message):
     latency_ms: _builtins.int
     """Time to the response (or the failure), in milliseconds."""
     error: _builtins.str
-    """Why it failed, when it did without a status (timeout, connection error)."""
+    """Why it failed, when it did without a status (timeout, connection error).
+    "interrupted: ..." (status 0): the dispatcher sending it stopped (was killed, or
+    stalled past its lease) before an answer was recorded, and the POST may or may not
+    have reached the endpoint; start_time is when that dispatcher took the delivery.
+    """
     response_snippet: _builtins.str
     """The start of the response body, bounded."""
     @_builtins.property
