@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher_service.server import RunningDispatcher
@@ -30,6 +33,7 @@ else:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+T = TypeVar("T")
 
 
 def auth(token: str) -> Metadata:
@@ -95,6 +99,46 @@ async def eventually(
             return
         assert time.monotonic() < deadline, "the condition did not come true in time"
         await asyncio.sleep(every)
+
+
+async def explore(
+    strategy: st.SearchStrategy[T],
+    check: Callable[[T], Coroutine[Any, Any, object]],
+    *,
+    examples: int,
+    case_timeout: float,
+) -> int:
+    """Runs hypothesis over `strategy` in a worker thread while this loop serves the calls
+    that `check` makes; derandomized and without an example database, so every run tries
+    the same cases. Returns how many cases it ran."""
+    loop = asyncio.get_running_loop()
+    ran = 0
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+            HealthCheck.filter_too_much,
+        ],
+    )
+    @given(strategy)
+    def run(case: T) -> None:
+        nonlocal ran
+        ran += 1
+        future = asyncio.run_coroutine_threadsafe(check(case), loop)
+        try:
+            future.result(timeout=case_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise AssertionError(f"no answer within {case_timeout} s") from None
+
+    await asyncio.to_thread(run)
+    return ran
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:

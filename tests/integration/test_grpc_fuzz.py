@@ -27,7 +27,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -38,7 +38,6 @@ from google.protobuf import field_mask_pb2, message_factory, text_format, timest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher_service.server import RunningDispatcher
@@ -47,7 +46,7 @@ from service_common.grpc_server import MAX_MESSAGE_BYTES
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens, report_cases
 from tests.contracts.contract_samples import DOCUMENTED_VALID_DETAILS
-from tests.integration.conftest import Metadata, auth, field_violations
+from tests.integration.conftest import Metadata, auth, explore, field_violations
 from tests.receiver import Receiver
 from webhooks.v1 import dispatcher_service_pb2 as dispatcher_pb
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
@@ -1385,38 +1384,6 @@ def _decoded(method: MethodDescriptor, payloads: list[bytes]) -> list[Message] |
 # --- running -----------------------------------------------------------------------------
 
 
-async def _explore(
-    strategy: st.SearchStrategy[T],
-    check: Callable[[T], Coroutine[Any, Any, None]],
-    *,
-    examples: int,
-) -> int:
-    """Runs hypothesis in a worker thread while this loop serves the calls; returns the
-    number of cases it ran."""
-    loop = asyncio.get_running_loop()
-    ran = 0
-
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
-    @given(strategy)
-    def explore(case: T) -> None:
-        nonlocal ran
-        ran += 1
-        asyncio.run_coroutine_threadsafe(check(case), loop).result(timeout=4 * CALL_TIMEOUT)
-
-    await asyncio.to_thread(explore)
-    return ran
-
-
 async def _run_case(
     world: World, method: MethodDescriptor, backend: str, tally: Counter[str], case: Case
 ) -> None:
@@ -1484,10 +1451,11 @@ async def test_fuzz(rpc: str, backend: str, world: World) -> None:
     """Generated requests, then raw bytes; both servers still serve afterwards."""
     method, plan = RPCS[rpc], PLANS[rpc]
     generated: Counter[str] = Counter()
-    generated_ran = await _explore(
+    generated_ran = await explore(
         _generated_cases(method, plan, world),
         partial(_run_case, world, method, backend, generated),
         examples=GENERATED_EXAMPLES,
+        case_timeout=4 * CALL_TIMEOUT,
     )
 
     template = plan.valid(world)[0].SerializeToString()
@@ -1497,12 +1465,13 @@ async def test_fuzz(rpc: str, backend: str, world: World) -> None:
     else:
         sent = payloads.map(lambda payload: [payload])
     raw: Counter[str] = Counter()
-    raw_ran = await _explore(
+    raw_ran = await explore(
         st.tuples(_pick(plan.callers(world)), sent).map(
             lambda drawn: Case(drawn[0], None, drawn[1])
         ),
         partial(_run_case, world, method, backend, raw),
         examples=RAW_EXAMPLES,
+        case_timeout=4 * CALL_TIMEOUT,
     )
 
     await _assert_still_serving(world)
@@ -1524,10 +1493,11 @@ async def test_fuzz_on_postgresql(backend: str, world: World) -> None:
     for rpc in sorted(RPCS, key=lambda rpc: _short(rpc) == "DeleteSubscription"):
         method, plan = RPCS[rpc], PLANS[rpc]
         tally: Counter[str] = Counter()
-        ran = await _explore(
+        ran = await explore(
             _generated_cases(method, plan, world),
             partial(_run_case, world, method, backend, tally),
             examples=POSTGRES_EXAMPLES,
+            case_timeout=4 * CALL_TIMEOUT,
         )
         reports.append(_report("generated requests", rpc, backend, ran, tally))
         assert ran >= POSTGRES_EXAMPLES, reports[-1]

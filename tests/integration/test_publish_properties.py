@@ -26,13 +26,12 @@ same cases. A failing case shows its kind and its text, which is all it takes to
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,12 +40,10 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from dispatcher_service.server import RunningDispatcher
 from tests.conftest import Tokens, report_cases
-from tests.integration.conftest import auth, field_violations, routed
+from tests.integration.conftest import auth, explore, field_violations, routed
 from tests.integration.test_dispatcher import subscribe
 from tests.receiver import ReceivedRequest, Receiver
 from webhook_contracts import dotted, load_registry
@@ -393,44 +390,6 @@ async def signing_keys(dispatcher_stub: DispatcherStub, token: str) -> dict[str,
     return {key.key_id: key.public_key_pem for key in listed.keys}
 
 
-async def _explore(
-    strategy: st.SearchStrategy[Case],
-    check: Callable[[Case], Coroutine[Any, Any, object]],
-    *,
-    examples: int,
-) -> int:
-    """Runs hypothesis in a worker thread while this loop serves the calls; returns how
-    many cases it ran."""
-    loop = asyncio.get_running_loop()
-    ran = 0
-
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-            HealthCheck.filter_too_much,
-        ],
-    )
-    @given(strategy)
-    def explore(case: Case) -> None:
-        nonlocal ran
-        ran += 1
-        future = asyncio.run_coroutine_threadsafe(check(case), loop)
-        try:
-            future.result(timeout=CASE_TIMEOUT)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise AssertionError(f"no answer within {CASE_TIMEOUT} s") from None
-
-    await asyncio.to_thread(explore)
-    return ran
-
-
 def _flat(failure: BaseException) -> list[BaseException]:
     if isinstance(failure, BaseExceptionGroup):
         return [found for inner in failure.exceptions for found in _flat(inner)]
@@ -512,7 +471,9 @@ async def test_arbitrary_details_are_refused_cleanly_or_delivered_unchanged(
     ran = len(explicit)
     for strategy in case_kinds(with_type=route.rules.requires_type).values():
         try:
-            ran += await _explore(strategy, check, examples=EXAMPLES_PER_KIND)
+            ran += await explore(
+                strategy, check, examples=EXAMPLES_PER_KIND, case_timeout=CASE_TIMEOUT
+            )
         except Exception as failure:
             failures.append(failure)
     failures += [AssertionError(problem) for problem in await route.finish()]
