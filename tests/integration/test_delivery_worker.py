@@ -105,22 +105,31 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-async def test_the_worker_waits_for_routes_instead_of_killing_early_deliveries(
-    engine: Engine, tmp_path: Path
-) -> None:
-    store = DeliveryStore(engine)
+ENDPOINT = Target("s1", "http://127.0.0.1:9/in")
+
+
+def ingest(store: DeliveryStore, targets: dict[str, tuple[Target, ...]], *, now: datetime) -> None:
+    """Stores one claim event per message id, with a delivery to each of its targets."""
     store.ingest(
         [
             PreparedEvent(
                 tenant="acme",
-                message_id="m1",
+                message_id=message_id,
                 message_type="event.claim.created.v1",
-                payload='{"messageId":"m1"}',
-                targets=(Target("s1", "http://127.0.0.1:9/in"),),
+                payload=json.dumps({"messageId": message_id}),
+                targets=to,
             )
+            for message_id, to in targets.items()
         ],
-        now=datetime.now(UTC),
+        now=now,
     )
+
+
+async def test_the_worker_waits_for_routes_instead_of_killing_early_deliveries(
+    engine: Engine, tmp_path: Path
+) -> None:
+    store = DeliveryStore(engine)
+    ingest(store, {"m1": (ENDPOINT,)}, now=datetime.now(UTC))
     routes, sender = LateRoutes(), FakeSender()
 
     worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"))
@@ -171,19 +180,7 @@ async def test_an_event_is_signed_once_for_all_its_subscriptions_but_again_when_
     store = DeliveryStore(engine)
     now = datetime.now(UTC)
     targets = tuple(Target(f"s{i}", "http://127.0.0.1:9/in") for i in range(3))
-    store.ingest(
-        [
-            PreparedEvent(
-                tenant="acme",
-                message_id=message_id,
-                message_type="event.claim.created.v1",
-                payload=json.dumps({"messageId": message_id}),
-                targets=targets if message_id == "fan-out" else targets[:1],
-            )
-            for message_id in ("fan-out", "retried")
-        ],
-        now=now,
-    )
+    ingest(store, {"fan-out": targets, "retried": targets[:1]}, now=now)
     routes, sender = LateRoutes(), RecordingSender(failing={"retried"})
     routes.ready = True
     keys = KeyRing.open(tmp_path / "keys")
@@ -233,19 +230,7 @@ async def test_what_a_dead_worker_held_is_sent_again_unless_its_last_attempt_was
 ) -> None:
     store = DeliveryStore(engine)
     start = datetime.now(UTC) - timedelta(hours=1)
-    store.ingest(
-        [
-            PreparedEvent(
-                tenant="acme",
-                message_id=message_id,
-                message_type="event.claim.created.v1",
-                payload=json.dumps({"messageId": message_id}),
-                targets=(Target("s1", "http://127.0.0.1:9/in"),),
-            )
-            for message_id in ("first-try", "last-try")
-        ],
-        now=start,
-    )
+    ingest(store, {"first-try": (ENDPOINT,), "last-try": (ENDPOINT,)}, now=start)
     lease = timedelta(minutes=1)
     # A worker that died: it held both, "last-try" after its first attempt had failed.
     held = store.claim(owner="dead", limit=2, now=start, lease=lease, max_attempts=2)
