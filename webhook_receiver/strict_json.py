@@ -64,11 +64,18 @@ def loads(text: str, *, max_depth: int = MAX_DEPTH) -> Any:
     # bounded, the recursive standard parser is safe) what orjson dropped: integers as
     # written, and every key, with a mark on repeated ones.
     refusal = _refusal(value, max_depth=max_depth) or _refusal(
-        json.loads(text, object_pairs_hook=_Members), max_depth=max_depth
+        _standard_reading(text), max_depth=max_depth
     )
     if refusal is not None:
         raise refusal
     return value
+
+
+def _standard_reading(text: str) -> object:
+    try:
+        return json.loads(text, object_pairs_hook=_Members)
+    except (ValueError, RecursionError) as error:  # where the two parsers would disagree
+        raise JsonRefused((), f"is not valid JSON: {error}") from None
 
 
 def _survey(value: object, *, max_depth: int) -> tuple[int, bool]:
@@ -153,7 +160,7 @@ def _parse_refusal(text: str, error: orjson.JSONDecodeError, *, max_depth: int) 
         return _too_deep((), max_depth)
     try:
         value = json.loads(text)  # reads 1e999, NaN and lone surrogates, which orjson refuses
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     return _unfaithful(value) or JsonRefused((), f"is not valid JSON: {error}")
 
