@@ -29,8 +29,7 @@ from service_common.errors import (
     WebhooksError,
 )
 from service_common.logs import log_context
-from webhook_contracts import ContractViolation, Registry, UnknownMessageType
-from webhook_contracts.locations import dotted
+from webhook_contracts import ContractViolation, Registry, UnknownMessageType, dotted
 from webhook_receiver import payload_as_string, strict_json
 
 __all__ = [
