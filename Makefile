@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 NODE_MODULES := tests/node/node_modules/.installed
 
-.PHONY: install protos protos-check run test lint format bench clean
+.PHONY: install protos protos-check run reset test lint format bench clean
 
 install: $(INSTALLED)
 
@@ -31,6 +31,11 @@ protos-check: $(INSTALLED)
 ## Start both services on SQLite files under ./var/, with development tokens.
 run: $(INSTALLED) protos
 	PYTHON=$(BIN)/python scripts/run_local.sh
+
+## Start the walk-through over: delete the SQLite databases under ./var/ (not the tokens
+## or signing keys). Refuses while `make run` is running; stops nothing.
+reset: $(INSTALLED)
+	PYTHON=$(BIN)/python scripts/reset_local.sh
 
 ## The whole suite: unit, integration (SQLite and PostgreSQL), contracts.
 test: $(INSTALLED) $(NODE_MODULES)

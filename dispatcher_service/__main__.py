@@ -13,7 +13,7 @@ from dispatcher_service.signing import KeyRingError
 from service_common.auth import TokensFileError
 from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
-from service_common.settings import settings_problems
+from service_common.settings import settings_problems, validation_problems
 from service_common.tracing import configure_tracing
 
 
@@ -31,13 +31,25 @@ def main() -> int:
     tune_for_service()
     try:
         asyncio.run(serve(settings))
-    except (TokensFileError, KeyRingError, OSError, ValueError) as exc:
+    except TokensFileError as exc:
+        print(f"dispatcher cannot start: {_tokens_file_problem(exc, settings)}", file=sys.stderr)
+        return 2
+    except (KeyRingError, OSError, ValueError) as exc:
         print(f"dispatcher cannot start: {exc}", file=sys.stderr)
         return 2
     finally:
         if tracing is not None:
             tracing.shutdown()
     return 0
+
+
+def _tokens_file_problem(error: TokensFileError, settings: DispatcherSettings) -> str:
+    if isinstance(error.__cause__, ValidationError):
+        return (
+            f"tokens file {settings.auth_tokens_file} (DISPATCHER_AUTH_TOKENS_FILE) is "
+            f"malformed: {validation_problems(error.__cause__)}"
+        )
+    return str(error)
 
 
 if __name__ == "__main__":

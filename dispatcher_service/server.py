@@ -39,6 +39,7 @@ from service_common.grpc_server import (
 )
 from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import MetricsEndpoint, serve_metrics
+from service_common.ports import check_free
 from service_common.tls import ClientTls, client_tls, server_tls_of, tls_note
 from service_common.tracing import client_interceptors
 from webhook_contracts import load_registry
@@ -137,8 +138,16 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
 
     With `tls_cert_file` and `tls_key_file` it serves TLS only (gRPC, HTTP, metrics); with
     `subscriptions_tls_ca_file` it speaks TLS to the subscription service. A TLS setting that
-    is incomplete or names a bad file raises TlsConfigError before anything starts.
+    is incomplete or names a bad file raises TlsConfigError before anything starts, and so
+    does a listening address already in use (AddressInUse, naming its setting).
     """
+    check_free(
+        {
+            "DISPATCHER_GRPC_ADDR": settings.grpc_addr,
+            "DISPATCHER_HTTP_ADDR": settings.http_addr,
+            "DISPATCHER_METRICS_ADDR": settings.metrics_addr,
+        }
+    )
     tls = server_tls_of(settings)
     upstream_tls = _subscriptions_tls(settings)
     upstream_credentials = upstream_tls.grpc_credentials() if upstream_tls is not None else None

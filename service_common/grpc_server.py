@@ -14,6 +14,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from service_common import reflection_v1
 from service_common.metrics import GrpcServerMetrics
 from service_common.tls import ServerTls
 from service_common.tracing import Exporter, server_interceptors
@@ -51,10 +52,13 @@ def new_server(*, metrics: CollectorRegistry, tracing_exporter: Exporter) -> grp
 
 def add_port(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> int:
     """Listens on `addr` (TLS only when `tls` is given); the bound port, OSError if none."""
-    if tls is None:
-        port = server.add_insecure_port(addr)
-    else:
-        port = server.add_secure_port(addr, tls.grpc_credentials())
+    try:
+        if tls is None:
+            port = server.add_insecure_port(addr)
+        else:
+            port = server.add_secure_port(addr, tls.grpc_credentials())
+    except RuntimeError:  # gRPC's word for any failed bind; it says no more
+        port = 0
     if port == 0:
         raise OSError(f"cannot listen on {addr}")
     return port
@@ -63,7 +67,8 @@ def add_port(server: grpc.aio.Server, addr: str, tls: ServerTls | None) -> int:
 async def add_health_and_reflection(
     server: grpc.aio.Server, *, service_names: Iterable[str]
 ) -> HealthServicer:
-    """Registers health checking (each service SERVING) and server reflection.
+    """Registers health checking (each service SERVING) and server reflection (v1 and the
+    older v1alpha, which some clients still ask for).
 
     Call `enter_graceful_shutdown()` on the returned servicer before stopping, so load
     balancers see NOT_SERVING while calls in flight finish.
@@ -73,7 +78,7 @@ async def add_health_and_reflection(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    listed = (*names, health.SERVICE_NAME, reflection_v1.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(listed, server)
+    reflection_v1.enable_server_reflection(listed, server)
     return health_servicer

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings
 
-__all__ = ["ServiceSettings", "settings_problems"]
+__all__ = ["ServiceSettings", "settings_problems", "validation_problems"]
 
 
 class ServiceSettings(BaseSettings):
@@ -37,8 +38,24 @@ def settings_problems(error: ValidationError, prefix: str) -> str:
     a value given: a database URL may hold a password."""
     problems = []
     for problem in error.errors(include_input=False):
-        message = problem["msg"].removeprefix("Value error, ")
+        message = _message(problem)
         if problem["loc"]:
             message = f"{prefix}{'_'.join(map(str, problem['loc'])).upper()}: {message}"
         problems.append(message)
     return "; ".join(problems)
+
+
+def validation_problems(error: ValidationError) -> str:
+    """One line naming each wrong field of a file's content by its path (`tokens.0.tenant`),
+    without pydantic's type codes, links, or the values given (a file may hold secrets)."""
+    return "; ".join(
+        f"{'.'.join(map(str, problem['loc']))}: {_message(problem)}"
+        if problem["loc"]
+        else _message(problem)
+        for problem in error.errors(include_input=False)
+    )
+
+
+def _message(problem: ErrorDetails) -> str:
+    # Pydantic words a validator's own exception as "Value error, <its message>".
+    return problem["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")

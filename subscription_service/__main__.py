@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from service_common.auth import TokensFileError
 from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
-from service_common.settings import settings_problems
+from service_common.settings import settings_problems, validation_problems
 from service_common.tracing import configure_tracing
 from subscription_service.server import serve
 from subscription_service.settings import SubscriptionSettings
@@ -30,13 +30,28 @@ def main() -> int:
     tune_for_service()
     try:
         asyncio.run(serve(settings))
-    except (TokensFileError, OSError, ValueError) as exc:
+    except TokensFileError as exc:
+        print(
+            f"subscription service cannot start: {_tokens_file_problem(exc, settings)}",
+            file=sys.stderr,
+        )
+        return 2
+    except (OSError, ValueError) as exc:
         print(f"subscription service cannot start: {exc}", file=sys.stderr)
         return 2
     finally:
         if tracing is not None:
             tracing.shutdown()
     return 0
+
+
+def _tokens_file_problem(error: TokensFileError, settings: SubscriptionSettings) -> str:
+    if isinstance(error.__cause__, ValidationError):
+        return (
+            f"tokens file {settings.auth_tokens_file} (SUBSCRIPTIONS_AUTH_TOKENS_FILE) is "
+            f"malformed: {validation_problems(error.__cause__)}"
+        )
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from service_common.grpc_server import (
 )
 from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import MetricsEndpoint, serve_metrics
+from service_common.ports import check_free
 from service_common.tls import server_tls_of, tls_note
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
@@ -65,9 +66,18 @@ class RunningServer:
 async def create_server(settings: SubscriptionSettings) -> RunningServer:
     """Migrates the database, then starts the server on `settings.grpc_addr`.
 
+    A listening address already in use raises AddressInUse (naming its setting) before
+    anything starts.
+
     With `tls_cert_file` and `tls_key_file` it serves TLS only (gRPC and metrics); a TLS
     setting that is incomplete or names a bad file raises TlsConfigError before anything.
     """
+    check_free(
+        {
+            "SUBSCRIPTIONS_GRPC_ADDR": settings.grpc_addr,
+            "SUBSCRIPTIONS_METRICS_ADDR": settings.metrics_addr,
+        }
+    )
     tls = server_tls_of(settings)
     tokens = (
         TokenStore.from_file(settings.auth_tokens_file)

@@ -119,6 +119,10 @@ def error_of(error: grpc.RpcError, *, addr: str, tls: bool = False) -> CliError:
                 f"signed by a CA it trusts ({code.name})",
                 exit_code,
             )
+        if call is not None and _answered(call):
+            # The service itself is up but cannot serve the call now (say, the dispatcher
+            # while its routing waits for the subscription service).
+            return CliError(f"{addr} answered: {details} ({code.name})", exit_code)
         return CliError(f"cannot reach {addr}: {details} ({code.name})", exit_code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"{addr} did not answer in time: {details} ({code.name})", exit_code)
@@ -127,6 +131,17 @@ def error_of(error: grpc.RpcError, *, addr: str, tls: bool = False) -> CliError:
         # The status message repeats the first violations; each is printed on its own line.
         return CliError(f"the request was refused ({code.name})", exit_code, violations)
     return CliError(f"{details} ({code.name})", exit_code)
+
+
+def _answered(call: grpc.Call) -> bool:
+    """Whether the service sent this status itself: the services attach a google.rpc.Status
+    to every error they answer, which gRPC never does for a call that reached no one."""
+    if not hasattr(call, "trailing_metadata"):  # an error raised before any call was made
+        return False
+    try:
+        return rpc_status.from_call(call) is not None
+    except ValueError:  # details that contradict the status: still the service's own
+        return True
 
 
 def _reason(details: str) -> str:

@@ -63,10 +63,17 @@ def publish(
     if getattr(file, "name", "") == "<stdin>" and sys.stdin.isatty():
         # Otherwise a person who forgot FILE just sees the command hang.
         sys.stderr.write("reading from stdin; end with Ctrl-D\n")
-    if jsonl:
-        _publish_many(settings, file, batch_size)
-    else:
-        _publish_one(settings, file.read())
+    try:
+        if jsonl:
+            _publish_many(settings, file, batch_size)
+        else:
+            _publish_one(settings, file.read())
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"{getattr(file, 'name', 'FILE')} is not UTF-8 text, which JSON must be "
+            f"(it holds the byte 0x{error.object[error.start]:02x})",
+            ExitCode.USAGE,
+        ) from None
 
 
 def _publish_one(settings: Settings, text: str) -> None:

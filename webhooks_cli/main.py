@@ -29,6 +29,8 @@ import grpc
 import typer
 from typer.core import TyperGroup
 
+from service_common.auth import validate_tenant
+from service_common.errors import InvalidArgument
 from webhooks_cli import deliveries, events, keys, subscriptions
 from webhooks_cli.connection import CliError, Settings, error_of
 from webhooks_cli.output import Output
@@ -54,6 +56,21 @@ EXIT_CODES = "\n".join(
 class _Commands(TyperGroup):
     """Ends every command's CliError the same way: its lines on stderr, its exit code."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _global_options_first(args, self._value_options())
+        result: list[str] = super().parse_args(ctx, args)
+        return result
+
+    def _value_options(self) -> frozenset[str]:
+        """The names of the global options that take a value (all of them but --help)."""
+        return frozenset(
+            name
+            for param in self.params
+            if param.param_type_name == "option" and not getattr(param, "is_flag", False)
+            for name in param.opts
+        )
+
     def invoke(self, ctx: Any) -> Any:  # a typer._click.Context, a private module
         try:
             return super().invoke(ctx)
@@ -64,6 +81,47 @@ class _Commands(TyperGroup):
             failure = error_of(error, addr="the service")
             failure.show()
             raise typer.Exit(failure.exit_code) from None
+
+
+def _global_options_first(args: list[str], names: frozenset[str]) -> list[str]:
+    """`webhooks subscriptions list -o json` read as `webhooks -o json subscriptions list`.
+
+    Click takes a group's options only before its command; people and scripts put `-o json`
+    or `--tenant` at the end as often as not. A global option (one of `names`, each taking a
+    value) given after the command moves to just before it, so it still wins over one given
+    earlier. `--` ends the options: what follows it stays where it is.
+    """
+    rest = list(args)
+    head: list[str] = []
+    while rest and rest[0].startswith("-") and rest[0] != "--":
+        option = rest.pop(0)
+        head.append(option)
+        if option in names and rest:
+            head.append(rest.pop(0))
+    moved: list[str] = []
+    tail: list[str] = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            tail += [arg, *rest]
+            break
+        name = arg.partition("=")[0] if arg.startswith("--") else arg[:2]
+        if name not in names:
+            tail.append(arg)
+            continue
+        moved.append(arg)
+        if arg == name and rest:  # `--output json`, not `--output=json` or `-ojson`
+            moved.append(rest.pop(0))
+    return head + moved + tail
+
+
+def _tenant(value: str) -> str:
+    if value:
+        try:
+            validate_tenant(value, field="--tenant")
+        except InvalidArgument as invalid:
+            raise typer.BadParameter(invalid.violations[0].description) from None
+    return value
 
 
 app = typer.Typer(
@@ -109,6 +167,7 @@ def options(
         str,
         typer.Option(
             envvar="WEBHOOKS_TENANT",
+            callback=_tenant,
             help="The tenant to act for, with a token of every tenant (*).",
         ),
     ] = "",

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from dispatcher_service.server import RunningDispatcher
+from dispatcher_service.server import create_server as create_dispatcher
+from dispatcher_service.settings import DispatcherSettings
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.integration.conftest import auth, routed
@@ -509,3 +511,38 @@ async def test_exit_codes(cli: Cli, tokens: Tokens, tmp_path: Path) -> None:
     for ran in runs:
         for secret in (tokens.acme, tokens.acme_reader, tokens.platform, "not-a-token"):
             assert secret not in ran.stdout + ran.stderr
+
+
+async def test_global_options_after_the_command_a_malformed_tenant_and_a_long_token(
+    sub_cli: Cli,
+) -> None:
+    after, bad_tenant, long_token = await asyncio.gather(
+        sub_cli("subscriptions", "list", "-o", "json", "--timeout", "5"),
+        sub_cli("subscriptions", "list", "--tenant", "bad tenant!"),
+        sub_cli("subscriptions", "list", token="t" * 5000),
+    )
+    assert after.expect(0).json() == []
+    assert "--tenant" in bad_tenant.expect(2).stderr
+    assert bad_tenant.stdout == ""
+    assert long_token.expect(4).stderr == (
+        "error: the bearer token is longer than 4096 characters (UNAUTHENTICATED)\n"
+    )
+
+
+async def test_publishing_while_routing_is_not_loaded_says_the_dispatcher_answered(
+    dispatcher_settings: DispatcherSettings, tokens: Tokens
+) -> None:
+    # The subscription service is down: the dispatcher is up but cannot route yet.
+    down = f"127.0.0.1:{closed_port()}"
+    running = await create_dispatcher(
+        dispatcher_settings.model_copy(update={"subscriptions_addr": down})
+    )
+    try:
+        addr = f"127.0.0.1:{running.port}"
+        cli = Cli(down, addr, tokens.acme_publisher)
+        ran = await cli("events", "publish", stdin=json.dumps(claim_payload()))
+    finally:
+        await running.stop(0)
+    assert ran.expect(6).stderr == (
+        f"error: {addr} answered: routing is not loaded yet; retry shortly (UNAVAILABLE)\n"
+    )

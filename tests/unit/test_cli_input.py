@@ -12,6 +12,8 @@ from typing import Any
 import grpc
 import pytest
 import typer
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 from typer.testing import CliRunner
 
 from webhooks.v1 import dispatcher_service_pb2 as pb
@@ -25,7 +27,7 @@ from webhooks_cli.connection import (
 )
 from webhooks_cli.deliveries import parse_since
 from webhooks_cli.event_input import InvalidEvent, event_of, parse_event
-from webhooks_cli.main import app
+from webhooks_cli.main import _global_options_first, app
 from webhooks_cli.output import Output
 
 PAYLOAD: dict[str, Any] = {
@@ -227,3 +229,90 @@ def test_the_token_on_the_command_line_beats_the_environment(tmp_path: Path) -> 
     finally:
         app.registered_commands.pop()
     assert seen == ["from-the-file", "line"]
+
+
+class _Answered(_Failed):
+    """A failed call whose status the service sent itself, as the services do."""
+
+    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:  # type: ignore[override]
+        status = status_pb2.Status(code=self._code.value[0], message=self._details)
+        metadata: tuple[tuple[str, str | bytes], ...] = rpc_status.to_status(
+            status
+        ).trailing_metadata
+        return metadata
+
+
+def test_an_unavailable_answer_of_a_reached_service_does_not_say_it_cannot_be_reached() -> None:
+    failed = _Answered(grpc.StatusCode.UNAVAILABLE, "routing is not loaded yet; retry shortly")
+    error = error_of(failed, addr="127.0.0.1:50052")
+    assert error.message == (
+        "127.0.0.1:50052 answered: routing is not loaded yet; retry shortly (UNAVAILABLE)"
+    )
+    assert error.exit_code == ExitCode.UNAVAILABLE
+    unreachable = error_of(_Failed(grpc.StatusCode.UNAVAILABLE, "failed to connect"), addr="a:1")
+    assert unreachable.message.startswith("cannot reach a:1: ")
+
+
+@pytest.mark.parametrize("jsonl", [[], ["--jsonl"]])
+def test_an_event_file_that_is_not_utf8_is_one_error_line_and_a_usage_error(
+    tmp_path: Path, jsonl: list[str]
+) -> None:
+    event = tmp_path / "event.json"
+    event.write_bytes(b'{"details": {"messageType": "event.claim.created.v1", "n": "\xff"}}\n')
+    result = CliRunner().invoke(
+        app,
+        ["events", "publish", *jsonl, str(event)],
+        env={"WEBHOOKS_TOKEN": "t", "WEBHOOKS_DISPATCHER_ADDR": "127.0.0.1:9"},
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert (
+        result.stderr
+        == f"error: {event} is not UTF-8 text, which JSON must be (it holds the byte 0xff)\n"
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tenant", "bad tenant!", "subscriptions", "list"],
+        ["subscriptions", "list", "--tenant", "bad tenant!"],
+        ["deliveries", "list", "--tenant=bad tenant!"],
+    ],
+)
+def test_a_malformed_tenant_is_a_usage_error_naming_the_option(args: list[str]) -> None:
+    result = CliRunner().invoke(
+        app, args, env={"WEBHOOKS_TOKEN": "t", "WEBHOOKS_SUBSCRIPTIONS_ADDR": "127.0.0.1:9"}
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--tenant" in result.stderr
+    assert "letters, digits" in result.stderr
+
+
+def test_global_options_are_taken_after_the_command_too() -> None:
+    seen: list[Settings] = []
+
+    @app.command("probe", hidden=True)
+    def probe(ctx: typer.Context) -> None:
+        seen.append(settings_of(ctx))
+
+    try:
+        runner = CliRunner()
+        for args in (
+            ["probe", "-o", "json", "--tenant", "acme", "--timeout=2.5"],
+            ["-o", "table", "probe", "-ojson", "--tenant=acme", "--timeout", "2.5"],
+        ):
+            result = runner.invoke(app, args, env={"WEBHOOKS_TOKEN": "t"})
+            assert result.exit_code == 0, result.output
+    finally:
+        app.registered_commands.pop()
+    for settings in seen:
+        assert (settings.output, settings.tenant, settings.timeout) == (Output.JSON, "acme", 2.5)
+
+
+def test_only_global_options_move_and_nothing_after_a_double_dash() -> None:
+    names = frozenset({"-o", "--output", "--tenant"})
+    assert _global_options_first(
+        ["--tenant", "a", "subscriptions", "list", "--type", "t", "-o", "json", "--", "-o", "x"],
+        names,
+    ) == ["--tenant", "a", "-o", "json", "subscriptions", "list", "--type", "t", "--", "-o", "x"]

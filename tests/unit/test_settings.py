@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from dispatcher_service.settings import DispatcherSettings
-from service_common.settings import settings_problems
+from service_common.auth import TokensFileError, TokenStore
+from service_common.settings import settings_problems, validation_problems
 
 
 def test_the_lease_must_outlast_two_attempts() -> None:
@@ -39,3 +43,18 @@ def test_problems_name_each_variable_and_never_echo_a_value(
     problems = settings_problems(refused.value, "DISPATCHER_")
     assert problems.startswith("DISPATCHER_LEASE_SECONDS (2) must exceed twice")
     assert "hunter2" not in problems
+
+
+def test_a_malformed_tokens_file_is_named_field_by_field_without_pydantic_wording(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens.json"
+    entry = {"sha256": "0" * 64, "tenant": "bad tenant!", "scopes": ["admin"]}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
+    with pytest.raises(TokensFileError) as raised:
+        TokenStore.from_file(tokens)
+    assert isinstance(raised.value.__cause__, ValidationError)
+    problems = validation_problems(raised.value.__cause__)
+    assert (
+        problems == "tokens.0.tenant: must be '*' or a tenant id of letters, digits, '.', '_', '-'"
+    )
