@@ -4,7 +4,12 @@ Generated from ``contracts/`` so that it can never disagree with them. ``webhook
 entry per messageType (receivers generate their handlers from it); ``paths`` describes what
 the dispatcher serves over HTTP. Every contract document becomes a component, and each
 top-level ``$defs`` entry a component of its own (``event.claim.created.v1.payload``), so that
-code generators which do not follow pointers into ``$defs`` still work.
+code generators which do not follow pointers into ``$defs`` still work. A document that only
+holds ``$defs`` (``types``) validates nothing itself and gets no component of its own.
+
+``servers`` names what a reader of the document can call: the ``server_url`` a caller gives,
+or else ``/`` (the dispatcher that served the document: a relative URL resolves against the
+document's own) and the dispatcher's default local address (``make run``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ __all__ = ["build_openapi", "component_ref", "operation_id"]
 OPENAPI_VERSION = "3.1.0"
 KEY_ID_HEADER = "webhook-key-id"
 COMPONENTS = "#/components/schemas/"
+# Keywords that only annotate: a document with nothing else besides $defs validates nothing.
+ANNOTATIONS = {"title", "description", "$comment"}
 
 
 def build_openapi(
@@ -55,6 +62,7 @@ def build_openapi(
             ),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
+        "servers": _servers(server_url),
         "paths": http_paths(registry),
         "webhooks": {
             contract.message_type: {"post": _webhook_operation(contract, key_id_header)}
@@ -62,8 +70,6 @@ def build_openapi(
         },
         "components": components,
     }
-    if server_url:
-        document["servers"] = [{"url": server_url}]
     return document
 
 
@@ -78,13 +84,27 @@ def operation_id(message_type: str) -> str:
     return "on" + "".join(word[:1].upper() + word[1:] for word in words if word)
 
 
+def _servers(server_url: str | None) -> list[dict[str, str]]:
+    if server_url:
+        return [{"url": server_url}]
+    return [
+        {"url": "/", "description": "The dispatcher that serves this document at /openapi.json."},
+        {
+            "url": "http://127.0.0.1:8080",
+            "description": "A dispatcher run locally with the default DISPATCHER_HTTP_ADDR.",
+        },
+    ]
+
+
 def _schema_components(documents: ContractDocuments) -> dict[str, Any]:
     components: dict[str, Any] = {}
     for name, document in documents:
         schema = _as_component(document)
-        for definition, subschema in schema.pop("$defs", {}).items():
+        definitions = schema.pop("$defs", {})
+        for definition, subschema in definitions.items():
             components[f"{name}.{definition}"] = subschema
-        components[name] = schema
+        if not definitions or set(schema) - ANNOTATIONS:
+            components[name] = schema
     return components
 
 
@@ -118,6 +138,9 @@ def _webhook_operation(contract: Contract, key_id_header: str | None) -> dict[st
         "description": contract.description,
         "tags": [_tag(contract.message_type)],
         "parameters": _delivery_headers(key_id_header),
+        # The platform sends no credentials: the receiver checks the body's signature
+        # (and the optional Standard Webhooks header), which no security scheme describes.
+        "security": [],
         "requestBody": {"required": True, "content": {"application/json": content}},
         "responses": {
             "2XX": {

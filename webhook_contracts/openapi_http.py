@@ -7,6 +7,11 @@ each failing field in ``errors``, named by its dotted path in the request body
 The request body of ``POST /v1/events`` is the event's payload, one variant per messageType.
 It also states the few limits of the dispatcher that are stricter than the contracts (which
 describe what receivers get), so that every body the document allows is accepted.
+
+Every operation states its security: the bearer scheme for publishing, ``security: []`` for
+the public routes (an explicit "no credentials", not an omission). Every operation also
+lists the plain-text 400 that the HTTP server itself answers to a request head past its
+limits, before any route runs: for the read-only routes it is the only 4xx a GET can get.
 """
 
 from __future__ import annotations
@@ -20,11 +25,19 @@ __all__ = ["http_components", "http_paths"]
 PROBLEM = {"$ref": "#/components/schemas/Problem"}
 PORTABLE = {"$ref": "#/components/schemas/PortableJson"}
 BEARER = "bearerAuth"
+PUBLIC: list[dict[str, list[str]]] = []  # no credentials needed
 # What the dispatcher accepts beyond the contracts (dispatcher_service.ingest checks the same).
 MAX_MESSAGE_ID_LENGTH = 200
 MESSAGE_ID_PATTERN = "^[!-~]+$"  # printable ASCII, no spaces
 TENANT_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 USER_FIELDS = ["id", "poolId", "originator"]
+HEAD_REFUSED = (
+    "The request line, a header or the number of headers is past the HTTP server's limits: "
+    "refused in plain text before any route runs."
+)
+HEAD_REFUSED_TOO = "Or the request head is past the HTTP server's limits (plain text)."
+# aiohttp's own answer (dispatcher_service.http_api sets the limits it checks).
+HEAD_REFUSED_CONTENT = {"text/plain": {"schema": {"type": "string"}}}
 
 
 def http_paths(registry: Registry) -> dict[str, Any]:
@@ -116,10 +129,12 @@ def _publish_event(registry: Registry) -> dict[str, Any]:
                     },
                 },
             },
-            "400": _problem(
-                "The body is not JSON, or the event is invalid: it breaks its contract, no "
-                "contract has its messageType, or the tenant is malformed. errors lists each "
-                "failing field."
+            "400": _or_head_refused(
+                _problem(
+                    "The body is not JSON, or the event is invalid: it breaks its contract, no "
+                    "contract has its messageType, or the tenant is malformed. errors lists "
+                    "each failing field."
+                )
             ),
             "401": _problem("No valid bearer token.", headers=_www_authenticate()),
             "403": _problem("The token lacks the publish scope, or names another tenant."),
@@ -151,6 +166,7 @@ def _publish_body(variants: list[dict[str, Any]]) -> dict[str, Any]:
                 "description": "Over HTTP a user names all three fields (empty strings allowed).",
                 "type": "object",
                 "required": USER_FIELDS,
+                "properties": {name: {"type": "string"} for name in USER_FIELDS},
             },
         },
     }
@@ -177,6 +193,7 @@ def _get_contract() -> dict[str, Any]:
             "bundling), so a receiver validates with it without fetching anything else."
         ),
         "tags": ["contracts"],
+        "security": PUBLIC,
         "parameters": [
             {
                 "name": "messageType",
@@ -190,6 +207,7 @@ def _get_contract() -> dict[str, Any]:
                 "description": "The contract.",
                 "content": {"application/schema+json": {"schema": {"type": "object"}}},
             },
+            "400": _head_refused(),
             "404": _problem("No contract has this messageType."),
         },
     }
@@ -201,13 +219,15 @@ def _get_jwks() -> dict[str, Any]:
         "summary": "The public signing keys (RFC 7517 JWK Set)",
         "description": "Old keys stay published until the deliveries they signed are done.",
         "tags": ["signing keys"],
+        "security": PUBLIC,
         "responses": {
             "200": {
                 "description": "The key set, newest key first.",
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/JsonWebKeySet"}}
                 },
-            }
+            },
+            "400": _head_refused(),
         },
     }
 
@@ -218,6 +238,7 @@ def _get_signing_key() -> dict[str, Any]:
         "summary": "One public signing key as PEM (SubjectPublicKeyInfo)",
         "description": "What receivers pass to their verify call.",
         "tags": ["signing keys"],
+        "security": PUBLIC,
         "parameters": [
             {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
         ],
@@ -226,6 +247,7 @@ def _get_signing_key() -> dict[str, Any]:
                 "description": "The PEM text.",
                 "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
             },
+            "400": _head_refused(),
             "404": _problem("No key has this id."),
         },
     }
@@ -236,11 +258,13 @@ def _get_openapi() -> dict[str, Any]:
         "operationId": "getOpenApi",
         "summary": "This document",
         "tags": ["contracts"],
+        "security": PUBLIC,
         "responses": {
             "200": {
                 "description": "The OpenAPI 3.1 document.",
                 "content": {"application/json": {"schema": {"type": "object"}}},
-            }
+            },
+            "400": _head_refused(),
         },
     }
 
@@ -253,6 +277,19 @@ def _problem(description: str, *, headers: dict[str, Any] | None = None) -> dict
     if headers:
         response["headers"] = headers
     return response
+
+
+def _head_refused() -> dict[str, Any]:
+    return {"description": HEAD_REFUSED, "content": HEAD_REFUSED_CONTENT}
+
+
+def _or_head_refused(response: dict[str, Any]) -> dict[str, Any]:
+    """A route's own 400, or the HTTP server's (their media types tell them apart)."""
+    return {
+        **response,
+        "description": f"{response['description']} {HEAD_REFUSED_TOO}",
+        "content": response["content"] | HEAD_REFUSED_CONTENT,
+    }
 
 
 def _www_authenticate() -> dict[str, Any]:

@@ -43,6 +43,19 @@ def refs(node: Any) -> Iterator[str]:
             yield from refs(item)
 
 
+def schemas(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in the document that holds a `required` list: the schemas that may."""
+    if isinstance(node, dict):
+        if isinstance(node.get("required"), list):
+            yield node
+        for key, value in node.items():
+            if key not in ("examples", "example", "const", "enum"):
+                yield from schemas(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from schemas(item)
+
+
 def component_validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
     resources: ReferenceRegistry[Any] = ReferenceRegistry().with_resource(
         OPENAPI_URI, DRAFT202012.create_resource(document)
@@ -106,14 +119,65 @@ def test_the_http_surface_of_the_dispatcher_is_described(
 
 
 def test_errors_are_rfc_9457_problem_details(document: dict[str, Any]) -> None:
+    # Besides the plain-text 400 of the HTTP server, which refuses a request head past its
+    # limits before any route runs (test_limits checks it answers so on every route).
     for item in document["paths"].values():
         for operation in item.values():
+            assert operation["responses"]["400"]["content"]["text/plain"] == {
+                "schema": {"type": "string"}
+            }
             for status, response in operation["responses"].items():
-                if status.startswith(("4", "5")):
-                    assert list(response["content"]) == ["application/problem+json"]
-                    assert response["content"]["application/problem+json"]["schema"] == {
+                if not status.startswith(("4", "5")):
+                    continue
+                routed = {**response["content"]}
+                if status == "400":
+                    del routed["text/plain"]
+                if routed:
+                    assert list(routed) == ["application/problem+json"]
+                    assert routed["application/problem+json"]["schema"] == {
                         "$ref": "#/components/schemas/Problem"
                     }
+                else:
+                    assert status == "400", status
+
+
+def test_every_operation_states_its_security(document: dict[str, Any]) -> None:
+    publish = document["paths"]["/v1/events"]["post"]
+    assert publish["security"] == [{"bearerAuth": ["publish"]}]
+    public = [
+        operation
+        for item in document["paths"].values()
+        for operation in item.values()
+        if operation is not publish
+    ]
+    assert len(public) == 4
+    # An empty list says "no credentials"; a missing one would say nothing.
+    assert all(operation["security"] == [] for operation in public)
+    # The platform sends none either: receivers check the signature in the body.
+    assert all(webhook["post"]["security"] == [] for webhook in document["webhooks"].values())
+    assert "security" not in document
+
+
+def test_the_servers_are_the_one_named_or_the_serving_and_the_local_dispatcher(
+    registry: Registry, document: dict[str, Any]
+) -> None:
+    assert document["servers"] == [{"url": "http://127.0.0.1:8080"}]
+    served = build_openapi(registry)
+    assert [server["url"] for server in served["servers"]] == ["/", "http://127.0.0.1:8080"]
+
+
+def test_required_names_only_properties_the_schema_declares(document: dict[str, Any]) -> None:
+    # Where a schema is composed (allOf, $ref, ...) the names may be declared elsewhere: the
+    # Redocly lint (test_contract_openapi_lint) follows those.
+    composed = {"$ref", "allOf", "anyOf", "oneOf"}
+    for node in schemas(document):
+        if not composed & set(node):
+            assert set(node["required"]) <= set(node.get("properties", {})), node
+
+
+def test_every_schema_component_is_referenced(document: dict[str, Any]) -> None:
+    referenced = {ref.removeprefix("#/components/schemas/") for ref in refs(document)}
+    assert set(document["components"]["schemas"]) <= referenced
 
 
 def test_every_reference_resolves_inside_the_document(document: dict[str, Any]) -> None:
