@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from dispatcher_service.domain import IngestOutcome
 from dispatcher_service.ingest import EventUser, IncomingEvent, Ingestor, Rejected
-from dispatcher_service.signing import PublicKey, to_jwks
+from dispatcher_service.signing import PUBLIC_KEYS_CACHE_CONTROL, PublicKey, to_jwks
 from service_common.auth import Caller, Scope, TokenStore, validate_tenant
 from service_common.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from service_common.http_errors import problem_middleware
@@ -183,14 +183,22 @@ class _Routes:
         return web.Response(body=self._openapi, content_type=JSON)
 
     async def get_jwks(self, request: web.Request) -> web.Response:
-        return web.json_response(to_jwks(self._keys.public_keys()), dumps=_dumps)
+        return web.json_response(
+            to_jwks(self._keys.public_keys()),
+            dumps=_dumps,
+            headers={"Cache-Control": PUBLIC_KEYS_CACHE_CONTROL},
+        )
 
     async def get_signing_key(self, request: web.Request) -> web.Response:
         key_id = request.match_info["key_id"]
         key = self._keys.public_key(key_id)
         if key is None:
             raise NotFound(f"no published signing key has the id '{key_id[:200]}'")
-        return web.Response(text=key.public_key_pem, content_type="application/x-pem-file")
+        return web.Response(
+            text=key.public_key_pem,
+            content_type="application/x-pem-file",
+            headers={"Cache-Control": PUBLIC_KEYS_CACHE_CONTROL},
+        )
 
     def _caller(self, request: web.Request) -> Caller:
         values = request.headers.getall("Authorization", [])

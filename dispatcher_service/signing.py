@@ -43,6 +43,7 @@ from webhook_receiver import (
     PrivateKey,
     generate_ecdsa_key,
     generate_rsa_key,
+    ieee_p1363_signature,
     key_id,
     load_private_key,
     load_public_key,
@@ -55,6 +56,9 @@ from webhook_receiver import (
 __all__ = [
     "DEFAULT_ALGORITHM",
     "DEFAULT_RETIRED_KEY_RETENTION",
+    "P1363_SIGNATURE_HEADER",
+    "PUBLIC_KEYS_CACHE_CONTROL",
+    "PUBLIC_KEYS_MAX_AGE_SECONDS",
     "STANDARD_WEBHOOKS_SECRET_PREFIX",
     "KeyRing",
     "KeyRingError",
@@ -96,6 +100,14 @@ DEFAULT_RETIRED_KEY_RETENTION = timedelta(days=8)
 # How often a process looks for rotations made by another process sharing the directory.
 DEFAULT_REFRESH_SECONDS = 5.0
 STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"  # noqa: S105  # a prefix, not a secret
+P1363_SIGNATURE_HEADER = "webhook-signature-p1363"
+# How long receivers and caches may keep the JWKS and the PEMs. A new key signs at once,
+# so receivers learn of it by refetching on its unknown id, not by expiry: the age only
+# bounds how long a key dropped from the set (retired past its retention, 8 days by
+# default) is still trusted from a cache, and how often a receiver polls. Five minutes is
+# far inside any retention and costs a receiver one small GET per five minutes.
+PUBLIC_KEYS_MAX_AGE_SECONDS = 300
+PUBLIC_KEYS_CACHE_CONTROL = f"public, max-age={PUBLIC_KEYS_MAX_AGE_SECONDS}"
 
 _INDEX = "keys.json"
 _LOCK = ".lock"
@@ -110,11 +122,18 @@ class KeyRingError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class Signature:
-    """The asymmetric signature of one `payloadAsString`, and the key that made it."""
+    """The asymmetric signature of one `payloadAsString`, and the key that made it.
+
+    `value_b64` is the body's `signature` (DER for ECDSA, what `createVerify` and OpenSSL
+    take); `p1363_b64` the same signature as WebCrypto and JOSE take it (`r||s` for ECDSA,
+    the same bytes for RSA), made once with the signature so every delivery reusing it
+    sends it as is. None only for a signature made by other means: its header is left out.
+    """
 
     key_id: str
     algorithm: SignatureAlgorithm
     value_b64: str
+    p1363_b64: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,10 +228,12 @@ class KeyRing:
         """
         self._refresh_if_due()
         signer = self._state.signers[algorithm]
+        value = sign_payload(payload_as_string, signer.private_key)
         return Signature(
             key_id=signer.key_id,
             algorithm=algorithm,
-            value_b64=sign_payload(payload_as_string, signer.private_key),
+            value_b64=value,
+            p1363_b64=ieee_p1363_signature(value, signer.private_key),
         )
 
     def rotate(self, algorithm: SignatureAlgorithm) -> PublicKey:
@@ -303,6 +324,12 @@ def delivery_headers(
 
     `timestamp` is the attempt's time in unix seconds, not the event's: Standard Webhooks
     receivers refuse timestamps more than a few minutes away from their clock.
+
+    `webhook-signature-p1363` carries the body's signature in the encoding that goes with
+    the JWKS `alg` (RFC 7518: `r||s` for ES256), so `crypto.subtle.verify` and JOSE libraries
+    check it with the published JWK, while the body keeps the DER that `createVerify` and
+    OpenSSL expect. It is sent for RS256 too (the same bytes as the body's), so a WebCrypto
+    receiver reads one header whatever the algorithm.
     """
     _check_header_value(message_id, name="webhook-id")
     headers = {
@@ -313,6 +340,8 @@ def delivery_headers(
         "webhook-key-id": signature.key_id,
         "webhook-signature-algorithm": signature.algorithm.jws_name,
     }
+    if signature.p1363_b64:
+        headers[P1363_SIGNATURE_HEADER] = signature.p1363_b64
     if secret:
         headers["webhook-signature"] = standard_webhooks_signature(
             secret=secret, message_id=message_id, timestamp=timestamp, body=body

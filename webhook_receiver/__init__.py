@@ -4,6 +4,11 @@
     >>> webhook = verify_webhook(request_body, public_key_pem)
     >>> webhook.message_type, webhook.details
 
+or, with the keys fetched from the platform's JWKS and following its rotations:
+
+    >>> keys = KeySet("https://dispatcher.example/.well-known/jwks.json")
+    >>> webhook = verify_webhook(request_body, keys, key_id=headers.get("webhook-key-id"))
+
 The signing side (``payload_as_string``, ``sign_payload`` and the key helpers) is what the
 platform itself uses, so both sides agree by construction.
 """
@@ -14,9 +19,11 @@ from .equality import first_difference, same_json
 from .errors import (
     ContractViolation,
     InvalidSignature,
+    KeySetUnavailable,
     MalformedWebhook,
     PayloadMismatch,
     UnknownMessageType,
+    UnknownSigningKey,
     WebhookRejected,
 )
 from .keys import (
@@ -26,26 +33,32 @@ from .keys import (
     generate_ecdsa_key,
     generate_rsa_key,
     key_id,
+    load_jwk,
     load_private_key,
     load_public_key,
     private_key_pem,
     public_jwk,
     public_key_pem,
 )
-from .signing import sign_payload, verify_signature
+from .keyset import AsyncKeySet, KeySet
+from .signing import ieee_p1363_signature, sign_payload, verify_signature
 from .verify import VerifiedWebhook, parse_json, verify_webhook
 from .webhook import build_webhook
 
 __all__ = [
+    "AsyncKeySet",
     "Claim",
     "ContractViolation",
     "Deduplicator",
     "InvalidSignature",
+    "KeySet",
+    "KeySetUnavailable",
     "MalformedWebhook",
     "PayloadMismatch",
     "PrivateKey",
     "PublicKey",
     "UnknownMessageType",
+    "UnknownSigningKey",
     "UnsupportedKey",
     "VerifiedWebhook",
     "WebhookRejected",
@@ -53,7 +66,9 @@ __all__ = [
     "first_difference",
     "generate_ecdsa_key",
     "generate_rsa_key",
+    "ieee_p1363_signature",
     "key_id",
+    "load_jwk",
     "load_private_key",
     "load_public_key",
     "parse_json",

@@ -1,9 +1,10 @@
 """`python -m webhook_receiver.demo`: a receiver that checks every delivery with this kit.
 
 ``POST /webhooks`` takes deliveries. Each one's signature is checked with the public key its
-``webhook-key-id`` header names, fetched from the dispatcher's
-``GET /v1/signing-keys/{key_id}.pem`` and kept by id; then ``payloadAsString`` against
-``payload``, the contract of its messageType, and its messageId against those already seen.
+``webhook-key-id`` header names, from the dispatcher's ``GET /.well-known/jwks.json`` through
+the kit's ``AsyncKeySet`` (kept for the answer's max-age, fetched again for a key id it does
+not know, at most once per interval); then ``payloadAsString`` against ``payload``, the
+contract of its messageType, and its messageId against those already seen.
 The answer:
 
 - 204: verified and handled, or a repeat of a messageId already handled;
@@ -33,17 +34,16 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import signal
 import ssl
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpx
 from aiohttp import web
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,18 +52,21 @@ from yarl import URL
 import webhook_contracts
 
 from .dedup import Claim, Deduplicator
-from .errors import ContractViolation, PayloadMismatch, WebhookRejected
-from .keys import PublicKey, UnsupportedKey, key_id, load_public_key
+from .errors import (
+    ContractViolation,
+    KeySetUnavailable,
+    PayloadMismatch,
+    UnknownSigningKey,
+    WebhookRejected,
+)
+from .keyset import AsyncKeySet
 from .verify import verify_webhook
 
-__all__ = ["DemoReceiver", "DemoReceiverSettings", "PublicKeys", "create_app", "main", "serve"]
+__all__ = ["DemoReceiver", "DemoReceiverSettings", "create_app", "jwks_url", "main", "serve"]
 
 log = logging.getLogger("webhook_receiver.demo")
 
 WEBHOOK_PATH = "/webhooks"
-# Key ids are RFC 7638 thumbprints (base64url); anything else is refused before any fetch.
-_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_MAX_PEM_BYTES = 64 * 1024
 
 
 class DemoReceiverSettings(BaseSettings):
@@ -104,6 +107,11 @@ class DemoReceiverSettings(BaseSettings):
         return value.rstrip("/")
 
 
+def jwks_url(dispatcher_url: str) -> str:
+    """Where the dispatcher at ``dispatcher_url`` publishes its public keys."""
+    return str(URL(dispatcher_url.rstrip("/")) / ".well-known" / "jwks.json")
+
+
 def split_address(addr: str) -> tuple[str | None, int]:
     """``host:port`` (``[v6]:port``; an empty host listens everywhere) as (host, port)."""
     host, colon, port_text = addr.rpartition(":")
@@ -111,74 +119,6 @@ def split_address(addr: str) -> tuple[str | None, int]:
         raise ValueError("must be host:port with a port from 0 to 65535")
     host = host.removeprefix("[").removesuffix("]")
     return host or None, int(port_text)
-
-
-class UnknownKey(Exception):
-    """The dispatcher publishes no key with this id (or the id is no key id at all)."""
-
-
-class KeysUnavailable(Exception):
-    """The key could not be fetched now; asking again later may work."""
-
-
-class PublicKeys:
-    """The dispatcher's public keys by id: fetched the first time an id is seen, then kept.
-
-    Only keys that were found are kept (at most ``max_keys``, oldest dropped first), so ids
-    made up by a sender cannot fill the cache.
-    """
-
-    def __init__(
-        self,
-        dispatcher_url: str,
-        session: aiohttp.ClientSession,
-        *,
-        max_keys: int = 64,
-        timeout_seconds: float = 5.0,
-    ) -> None:
-        self._base = URL(dispatcher_url.rstrip("/"))
-        self._session = session
-        self._max_keys = max_keys
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._keys: OrderedDict[str, PublicKey] = OrderedDict()
-        # Fetches take turns: keys are few and rarely new, and a burst of deliveries signed
-        # with a new key then fetches it once.
-        self._fetching = asyncio.Lock()
-
-    async def get(self, kid: str) -> PublicKey:
-        """The public key ``kid``; ``UnknownKey`` or ``KeysUnavailable`` otherwise."""
-        if not _KEY_ID.fullmatch(kid):
-            raise UnknownKey("webhook-key-id is no key id")
-        if (key := self._keys.get(kid)) is not None:
-            return key
-        async with self._fetching:
-            if (key := self._keys.get(kid)) is not None:
-                return key
-            key = await self._fetch(kid)
-            self._keys[kid] = key
-            while len(self._keys) > self._max_keys:
-                self._keys.popitem(last=False)
-            return key
-
-    async def _fetch(self, kid: str) -> PublicKey:
-        url = self._base / "v1" / "signing-keys" / f"{kid}.pem"
-        try:
-            async with self._session.get(url, timeout=self._timeout) as response:
-                if response.status == 404:
-                    raise UnknownKey("the dispatcher publishes no key with this id")
-                if response.status != 200:
-                    raise KeysUnavailable(f"the dispatcher answered {response.status}")
-                pem = await response.content.read(_MAX_PEM_BYTES)
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise KeysUnavailable(f"cannot reach the dispatcher: {error!r}") from error
-        try:
-            key = load_public_key(pem)
-        except UnsupportedKey as error:
-            raise KeysUnavailable(f"the dispatcher served no usable key: {error}") from error
-        # The id is the key's thumbprint: a key that does not hash to it is not the one asked for.
-        if key_id(key) != kid:
-            raise KeysUnavailable("the dispatcher served a key with another id")
-        return key
 
 
 @dataclass(frozen=True)
@@ -193,7 +133,7 @@ class Verdict:
 class DemoReceiver:
     """Checks deliveries and remembers the last accepted ones."""
 
-    def __init__(self, keys: PublicKeys, *, keep_received: int = 100) -> None:
+    def __init__(self, keys: AsyncKeySet, *, keep_received: int = 100) -> None:
         self._keys = keys
         self._registry = webhook_contracts.load_registry()
         self._deduplicator = Deduplicator(max_entries=100_000)
@@ -221,9 +161,9 @@ class DemoReceiver:
             return Verdict(400, "rejected", "no webhook-key-id header")
         try:
             key = await self._keys.get(kid)
-        except UnknownKey as error:
+        except UnknownSigningKey as error:
             return Verdict(400, "rejected", f"unknown key: {error}")
-        except KeysUnavailable as error:
+        except KeySetUnavailable as error:
             return Verdict(503, "unavailable", str(error))
         try:
             webhook = verify_webhook(body, key, registry=self._registry)
@@ -289,11 +229,9 @@ async def serve(settings: DemoReceiverSettings) -> None:
         if settings.dispatcher_ca_file is not None
         else None
     )
-    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
-    async with aiohttp.ClientSession(trust_env=False, connector=connector) as session:
-        receiver = DemoReceiver(
-            PublicKeys(settings.dispatcher_url, session), keep_received=settings.keep_received
-        )
+    client = httpx.AsyncClient(verify=context or True, trust_env=False)
+    async with AsyncKeySet(jwks_url(settings.dispatcher_url), client=client) as keys, client:
+        receiver = DemoReceiver(keys, keep_received=settings.keep_received)
         runner = web.AppRunner(
             create_app(receiver), access_log=None, handle_signals=False, shutdown_timeout=2
         )

@@ -8,8 +8,10 @@ key set; a key's id is its RFC 7638 thumbprint, so it is derived, never assigned
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -22,6 +24,7 @@ __all__ = [
     "generate_ecdsa_key",
     "generate_rsa_key",
     "key_id",
+    "load_jwk",
     "load_private_key",
     "load_public_key",
     "private_key_pem",
@@ -91,6 +94,24 @@ def load_public_key(pem: bytes | str | PublicKey) -> PublicKey:
     return key
 
 
+def load_jwk(jwk: Mapping[str, object]) -> PublicKey:
+    """The public key of a JWK (``kty`` EC on P-256, or RSA), as ``public_jwk`` writes it."""
+    try:
+        if jwk.get("kty") == "EC" and jwk.get("crv") == "P-256":
+            x, y = _jwk_int(jwk, "x"), _jwk_int(jwk, "y")
+            key: PublicKey = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+        elif jwk.get("kty") == "RSA":
+            key = rsa.RSAPublicNumbers(_jwk_int(jwk, "e"), _jwk_int(jwk, "n")).public_key()
+        else:
+            raise UnsupportedKey(f"unsupported JWK: kty {jwk.get('kty')!r}, crv {jwk.get('crv')!r}")
+    except (KeyError, TypeError, ValueError, binascii.Error) as error:
+        if isinstance(error, UnsupportedKey):
+            raise
+        raise UnsupportedKey(f"not a valid public JWK: {error}") from error
+    _check_supported(key)
+    return key
+
+
 def public_jwk(key: PrivateKey | PublicKey) -> dict[str, str]:
     """The public key as a JWK (RFC 7517), with its ``kid``, ``alg`` and ``use``."""
     members = _thumbprint_members(_public(key))
@@ -141,6 +162,14 @@ def _bytes(pem: bytes | str) -> bytes:
 
 def _unsigned_bytes(number: int) -> bytes:
     return number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+
+
+def _jwk_int(jwk: Mapping[str, object], name: str) -> int:
+    text = jwk[name]
+    if not isinstance(text, str):
+        raise TypeError(f"JWK member {name} is not a string")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return int.from_bytes(data, "big")
 
 
 def _base64url(data: bytes) -> str:

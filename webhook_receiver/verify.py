@@ -8,6 +8,7 @@ built from the signed text, never from the unsigned copy.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,11 @@ from .errors import (
     MalformedWebhook,
     PayloadMismatch,
     UnknownMessageType,
+    UnknownSigningKey,
 )
-from .keys import PublicKey
+from .keys import PublicKey, load_public_key
+from .keys import key_id as thumbprint
+from .keyset import AsyncKeySet, KeySet
 from .signing import verify_signature
 
 __all__ = ["VerifiedWebhook", "parse_json", "verify_webhook"]
@@ -60,10 +64,15 @@ class VerifiedWebhook:
         return user
 
 
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
 def verify_webhook(
     body: bytes | str | Mapping[str, Any],
-    public_key_pem: bytes | str | PublicKey,
+    public_key_pem: bytes | str | PublicKey | KeySet,
     *,
+    key_id: str | _Unset | None = _Unset.UNSET,
     validate: bool = True,
     accept_unknown_types: bool = False,
     registry: webhook_contracts.Registry | None = None,
@@ -74,10 +83,15 @@ def verify_webhook(
     the contract; ``accept_unknown_types`` lets through a messageType the local contracts do
     not know yet (``contract_checked`` is then False) instead of raising
     ``UnknownMessageType``.
+
+    ``public_key_pem`` is the platform's public key (PEM or loaded), or a ``KeySet`` that
+    finds it by ``key_id``: the delivery's ``webhook-key-id`` header, required with a key
+    set (a missing header, None, is ``UnknownSigningKey``). With one fixed key, a ``key_id``
+    given must be that key's id, so a delivery signed after a rotation says so plainly.
     """
     received = body if isinstance(body, Mapping) else parse_json(body, what="body")
     payload, signature, payload_as_string = _webhook_fields(received)
-    verify_signature(payload_as_string, signature, public_key_pem)
+    verify_signature(payload_as_string, signature, _signing_key(public_key_pem, key_id))
     signed = parse_json(payload_as_string, what="payloadAsString")
     if (where := first_difference(signed, payload)) is not None:
         raise PayloadMismatch(where)
@@ -99,6 +113,25 @@ def parse_json(text: bytes | str, *, what: str) -> Any:
     except strict_json.JsonRefused as refused:
         where = f" at {dotted(refused.path)}" if refused.path else ""
         raise MalformedWebhook(f"{what}{where} {refused.reason}") from refused
+
+
+def _signing_key(
+    given: bytes | str | PublicKey | KeySet, kid: str | _Unset | None
+) -> bytes | str | PublicKey:
+    if isinstance(given, AsyncKeySet):
+        raise TypeError("with an AsyncKeySet, pass the key of `await key_set.get(key_id)`")
+    if isinstance(given, KeySet):
+        if kid is _Unset.UNSET:
+            raise TypeError("verify_webhook(body, key_set, key_id=<webhook-key-id header>)")
+        if not kid:
+            raise UnknownSigningKey("the delivery names no key: no webhook-key-id header")
+        return given.get(kid)
+    if kid is _Unset.UNSET:
+        return given
+    key = load_public_key(given)
+    if not kid or thumbprint(key) != kid:
+        raise UnknownSigningKey("the delivery is signed by another key than the one given")
+    return key
 
 
 def _webhook_fields(received: object) -> tuple[Mapping[str, Any], str, str]:

@@ -26,8 +26,15 @@ from dispatcher_service.signing import KeyRing, SignatureAlgorithm
 from tests.conftest import Tokens
 from tests.integration.conftest import publish, routed
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_details, claim_event, subscribe
-from webhook_receiver import generate_ecdsa_key, key_id, payload_as_string, public_key_pem
-from webhook_receiver.demo import DemoReceiver, PublicKeys, create_app
+from webhook_receiver import (
+    AsyncKeySet,
+    PrivateKey,
+    generate_ecdsa_key,
+    key_id,
+    payload_as_string,
+    public_jwk,
+)
+from webhook_receiver.demo import DemoReceiver, create_app, jwks_url
 from webhook_receiver.signing import sign_payload
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
@@ -245,24 +252,21 @@ async def test_tampered_deliveries_are_refused_and_a_repeat_is_accepted_once(
 
 @dataclass
 class KeyServer:
-    """Serves one public key as the dispatcher does, counting the requests."""
+    """Serves one public key in a JWKS as the dispatcher does, counting the requests."""
 
-    pem: bytes
-    kid: str
+    key: PrivateKey
     requests: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append(request.match_info["name"])
-        if request.match_info["name"] != f"{self.kid}.pem":
-            raise web.HTTPNotFound()
-        return web.Response(body=self.pem, content_type="application/x-pem-file")
+        self.requests.append(request.path)
+        return web.json_response({"keys": [public_jwk(self.key)]})
 
 
 async def test_keys_are_cached_by_id_and_an_unreachable_dispatcher_answers_503() -> None:
     key = generate_ecdsa_key()
-    server = KeyServer(public_key_pem(key), key_id(key))
+    server = KeyServer(key)
     app = web.Application()
-    app.router.add_get("/v1/signing-keys/{name}", server.handle)
+    app.router.add_get("/.well-known/jwks.json", server.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -270,24 +274,27 @@ async def test_keys_are_cached_by_id_and_an_unreachable_dispatcher_answers_503()
     try:
         async with aiohttp.ClientSession() as session:
             for base in (keys_url, "http://127.0.0.1:1"):
-                receiver = web.AppRunner(create_app(DemoReceiver(PublicKeys(base, session))))
-                await receiver.setup()
-                await web.TCPSite(receiver, "127.0.0.1", 0).start()
-                url = f"http://127.0.0.1:{receiver.addresses[0][1]}/webhooks"
-                try:
-                    text = payload_as_string(claim_payload("cached-1"))
-                    body = {
-                        "payload": json.loads(text),
-                        "signature": sign_payload(text, key),
-                        "payloadAsString": text,
-                    }
-                    statuses = [(await post(session, url, body, key_id(key)))[0] for _ in range(3)]
-                finally:
-                    await receiver.cleanup()
+                async with AsyncKeySet(jwks_url(base)) as keys:
+                    receiver = web.AppRunner(create_app(DemoReceiver(keys)))
+                    await receiver.setup()
+                    await web.TCPSite(receiver, "127.0.0.1", 0).start()
+                    url = f"http://127.0.0.1:{receiver.addresses[0][1]}/webhooks"
+                    try:
+                        text = payload_as_string(claim_payload("cached-1"))
+                        body = {
+                            "payload": json.loads(text),
+                            "signature": sign_payload(text, key),
+                            "payloadAsString": text,
+                        }
+                        statuses = [
+                            (await post(session, url, body, key_id(key)))[0] for _ in range(3)
+                        ]
+                    finally:
+                        await receiver.cleanup()
                 if base == keys_url:
                     assert statuses == [204, 204, 204]
                 else:
                     assert statuses == [503, 503, 503]
     finally:
         await runner.cleanup()
-    assert server.requests == [f"{key_id(key)}.pem"]
+    assert server.requests == ["/.well-known/jwks.json"]
