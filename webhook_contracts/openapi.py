@@ -179,6 +179,21 @@ def _delivery_headers(key_id_header: str | None) -> list[dict[str, Any]]:
             "with this id from /.well-known/jwks.json or /v1/signing-keys/{key_id}.pem."
         )
         headers.append(_header(key_id_header, description, required=True))
+        headers.append(
+            _header(
+                "webhook-signature-algorithm",
+                "ES256 (ECDSA P-256, SHA-256) or RS256 (RSA PKCS#1 v1.5, SHA-256).",
+                required=True,
+            )
+        )
+        headers.append(
+            _header(
+                "webhook-signature-p1363",
+                "The body's signature as WebCrypto and JOSE take it, in base64: raw r||s for "
+                "ES256 (the body's is DER), the same bytes for RS256.",
+                required=True,
+            )
+        )
     return headers
 
 
