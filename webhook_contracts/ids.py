@@ -1,9 +1,9 @@
 """Schema ids: every contract document is named by an absolute URI under one base.
 
-The ids are names, not locations: ``$ref`` resolves them from the local files (or from the
-documents embedded in a bundle), never over the network. The path part mirrors the HTTP
-surface, so the document named ``.../v1/contracts/event.claim.created.v1`` is the one the
-dispatcher serves at ``GET /v1/contracts/event.claim.created.v1``.
+The ids are names, not locations: ``$ref`` resolves them from the local files, never over
+the network (a served bundle turns them into local ``#/$defs/...`` pointers). The path part
+mirrors the HTTP surface, so the document named ``.../v1/contracts/event.claim.created.v1``
+is the one the dispatcher serves at ``GET /v1/contracts/event.claim.created.v1``.
 """
 
 from __future__ import annotations

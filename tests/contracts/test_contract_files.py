@@ -31,6 +31,9 @@ PORTABLE_KEYWORDS = {
 }  # fmt: skip
 ANNOTATIONS = {"description", "title", "examples", "$comment", "deprecated", "default"}
 SCHEMA_MAPS = {"properties", "$defs"}
+# Ajv's strict mode (strictTypes) wants the type of the values these keywords apply to.
+OBJECT_KEYWORDS = {"properties", "required", "additionalProperties"}
+STRING_KEYWORDS = {"pattern", "format", "minLength", "maxLength"}
 
 
 def subschemas(node: Any) -> Iterator[dict[str, Any]]:
@@ -108,3 +111,14 @@ def test_contracts_use_only_keywords_every_validator_reads_alike(
             assert "maxLength" in node, (name, node)
         if "format" in node:
             assert node["format"] in FORMAT_CHECKS, (name, node["format"])
+
+
+@pytest.mark.parametrize(("name", "document"), DOCUMENTS, ids=[name for name, _ in DOCUMENTS])
+def test_every_schema_names_the_type_its_keywords_apply_to_as_strict_ajv_requires(
+    name: str, document: dict[str, Any]
+) -> None:
+    for node in subschemas(document):
+        if OBJECT_KEYWORDS & set(node):
+            assert node.get("type") == "object", (name, node)
+        if STRING_KEYWORDS & set(node):
+            assert node.get("type") == "string", (name, node)

@@ -190,8 +190,9 @@ def test_a_missing_envelope_field_is_rejected_with_its_path(registry: Registry, 
         ("timestamp", "2021-10-14 15:33:16.848Z", "payload.timestamp"),
         ("timestamp", "2021-13-14T15:33:16.848Z", "payload.timestamp"),
         ("timestamp", "2021-10-14T15:33:16.848Z\n", "payload.timestamp"),
-        ("user", {"id": 7}, "payload.user.id"),
-        ("user", {"id": "u", "role": "admin"}, "payload.user.role"),
+        ("user", {"id": 7, "poolId": "p", "originator": "o"}, "payload.user.id"),
+        ("user", {"id": "u", "poolId": "p", "originator": "o", "role": "x"}, "payload.user.role"),
+        ("user", {"id": "u", "originator": "o"}, "payload.user.poolId"),
         ("user", "USER_ID", "payload.user"),
         ("tenant", "acme", "payload.tenant"),
     ],
@@ -209,17 +210,36 @@ def test_a_wrong_envelope_is_rejected_with_its_path(
     [
         None,
         {"id": "USER_ID", "poolId": "POOL_ID", "originator": "ClientAPI"},
-        {"id": "USER_ID", "originator": "a free-text origin, not an enumeration"},
-        {},
+        {"id": "USER_ID", "poolId": "POOL_ID", "originator": "free text, not an enumeration"},
+        {"id": "", "poolId": "", "originator": ""},
     ],
 )
-def test_user_is_optional_and_its_originator_is_free_text(
+def test_user_is_optional_and_names_all_three_fields_as_free_text(
     registry: Registry, user: dict[str, str] | None
 ) -> None:
     payload = valid_payload(UNDOCUMENTED_TYPE)
     if user is not None:
         payload["user"] = user
     registry.get(UNDOCUMENTED_TYPE).validate_payload(payload)
+
+
+@pytest.mark.parametrize("missing", ["id", "poolId", "originator"])
+def test_a_user_without_one_of_its_three_fields_is_rejected_naming_it(
+    registry: Registry, missing: str
+) -> None:
+    # The dispatcher never sends such a user: gRPC's EventUser always has all three, and
+    # POST /v1/events refuses a user that leaves one out.
+    payload = valid_payload(UNDOCUMENTED_TYPE)
+    payload["user"] = {"id": "USER_ID", "poolId": "POOL_ID", "originator": "ClientAPI"}
+    del payload["user"][missing]
+    violation = rejection(registry, UNDOCUMENTED_TYPE, payload)
+    assert (violation.path, violation.message) == (f"payload.user.{missing}", "is required")
+
+
+def test_an_empty_user_is_rejected(registry: Registry) -> None:
+    payload = valid_payload(UNDOCUMENTED_TYPE)
+    payload["user"] = {}
+    assert rejection(registry, UNDOCUMENTED_TYPE, payload).path.startswith("payload.user.")
 
 
 @pytest.mark.parametrize("message_id", ["evt_01HF3Z", "42", "09FEEB6F-350A-430A-A040-CD1C558CBC91"])
