@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.node_tools import NODE_DIR, node_executable
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 REDOCLY = NODE_DIR / "node_modules" / "@redocly" / "cli" / "bin" / "cli.js"
 CONFIG = NODE_DIR / "redocly.yaml"
 LINT_TIMEOUT_SECONDS = 120
@@ -42,25 +40,11 @@ class LintReport:
         return "\n".join([f"{self.errors} errors, {self.warnings} warnings", *lines])
 
 
-def node_executable() -> str:
-    """The node executable, once `npm ci --prefix tests/node` has installed @redocly/cli."""
-    executable = shutil.which("node")
-    if executable is None:
-        problem = "node is not on PATH"
-    elif not REDOCLY.is_file():
-        problem = "@redocly/cli is not installed: run `npm ci --prefix tests/node`"
-    else:
-        return executable
-    if os.environ.get("CI"):
-        pytest.fail(f"the Redocly lint must run when CI is set: {problem}")
-    pytest.skip(problem)
-
-
 def lint(document: Path, *, config: Path = CONFIG) -> LintReport:
     """`redocly lint --format=json` of `document`: every problem, none left out."""
     completed = subprocess.run(
         [
-            node_executable(),
+            node_executable(purpose="the Redocly lint"),
             str(REDOCLY),
             "lint",
             str(document),

@@ -5,11 +5,8 @@ json-schema-to-typescript generates its types without resolving anything remotel
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +20,11 @@ from subscription_service.server import create_server as create_subscriptions
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
 from tests.contracts.contract_samples import valid_payload
+from tests.node_tools import NODE_DIR, node_executable, run_node_script
 from webhook_contracts import Part, Registry, schema_id
 
 pytestmark = pytest.mark.node
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "contracts_check.mjs"
 NEEDED_PACKAGES = ("ajv", "ajv-formats", "json-schema-to-typescript")
 NODE_TIMEOUT_SECONDS = 90
@@ -39,18 +36,7 @@ ENVELOPE_FIELDS = (
 
 @pytest.fixture
 def node() -> str:
-    """The node executable, once `npm ci --prefix tests/node` has installed the tools."""
-    executable = shutil.which("node")
-    missing = [name for name in NEEDED_PACKAGES if not (NODE_DIR / "node_modules" / name).is_dir()]
-    if executable is None:
-        problem = "node is not on PATH"
-    elif missing:
-        problem = f"{', '.join(missing)} not installed: run `npm ci --prefix tests/node`"
-    else:
-        return executable
-    if os.environ.get("CI"):
-        pytest.fail(f"the Node.js contract tools test must run when CI is set: {problem}")
-    pytest.skip(problem)
+    return node_executable(purpose="the Node.js contract tools test")
 
 
 @pytest.fixture
@@ -110,23 +96,9 @@ def typescript_fields(registry: Registry, message_type: str) -> Iterator[str]:
 
 
 async def run_node(node: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=NODE_DIR,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), NODE_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.communicate()
-        raise
-    assert stdout, f"contracts_check.mjs printed nothing: {stderr.decode()}"
-    assert process.returncode is not None
-    return process.returncode, json.loads(stdout), stderr.decode()
+    run = await run_node_script(node, SCRIPT, *args, seconds=NODE_TIMEOUT_SECONDS)
+    assert run.stdout, f"contracts_check.mjs printed nothing: {run.stderr}"
+    return run.returncode, json.loads(run.stdout), run.stderr
 
 
 async def test_served_contracts_compile_in_ajv_strict_mode_and_generate_typescript_offline(

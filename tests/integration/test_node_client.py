@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.integration.conftest import auth
+from tests.node_tools import NODE_DIR, node_executable, run_node_script
 from webhooks.v1 import subscription_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -37,7 +36,6 @@ else:
 
 SERVICE = "webhooks.v1.SubscriptionService"
 CLAIM_CREATED = "event.claim.created.v1"
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 CLIENT = NODE_DIR / "subscription_client.mjs"
 NODE_TIMEOUT_SECONDS = 30
 
@@ -50,22 +48,7 @@ def database_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def node() -> str:
-    """The node executable, once `npm ci --prefix tests/node` has installed the client."""
-    executable = shutil.which("node")
-    if executable is None:
-        problem = "node is not on PATH"
-    elif missing := _missing_node_packages():
-        problem = f"{', '.join(missing)} not installed: run `npm ci --prefix tests/node`"
-    else:
-        return executable
-    if os.environ.get("CI"):
-        pytest.fail(f"the Node.js client test must run when CI is set: {problem}")
-    pytest.skip(problem)
-
-
-def _missing_node_packages() -> list[str]:
-    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
-    return [name for name in wanted if not (NODE_DIR / "node_modules" / name).is_dir()]
+    return node_executable(purpose="the Node.js client test")
 
 
 def _proto_include_dirs() -> list[Path]:
@@ -85,7 +68,7 @@ def _proto_include_dirs() -> list[Path]:
 
 
 @dataclass(frozen=True)
-class NodeRun:
+class ClientRun:
     returncode: int
     output: dict[str, Any]
     stderr: str
@@ -93,29 +76,20 @@ class NodeRun:
 
 async def run_node_client(
     node: str, port: int, *args: str, env: dict[str, str] | None = None
-) -> NodeRun:
+) -> ClientRun:
     proto_paths = [arg for path in _proto_include_dirs() for arg in ("--proto-path", str(path))]
-    process = await asyncio.create_subprocess_exec(
+    run = await run_node_script(
         node,
-        str(CLIENT),
+        CLIENT,
         "--target",
         f"127.0.0.1:{port}",
         *proto_paths,
         *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        seconds=NODE_TIMEOUT_SECONDS,
+        env=env,
     )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), NODE_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.communicate()
-        raise
-    errors = stderr.decode()
-    assert stdout, f"the Node.js client printed nothing (exit {process.returncode}): {errors}"
-    assert process.returncode is not None
-    return NodeRun(process.returncode, json.loads(stdout), errors)
+    assert run.stdout, f"the Node.js client printed nothing (exit {run.returncode}): {run.stderr}"
+    return ClientRun(run.returncode, json.loads(run.stdout), run.stderr)
 
 
 @pytest.mark.node

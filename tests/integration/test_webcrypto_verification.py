@@ -4,10 +4,7 @@ and with the key `jose` fetches from the JWKS URL; for ES256 and RS256 subscript
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +14,7 @@ from dispatcher_service.server import RunningDispatcher
 from tests.conftest import Tokens
 from tests.integration.conftest import publish, routed
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_event, subscribe
+from tests.node_tools import NODE_DIR, node_executable, run_node_script
 from tests.receiver import Receiver
 from webhook_receiver import verify_webhook
 from webhooks.v1 import subscription_service_pb2 as sub_pb
@@ -28,42 +26,19 @@ else:
     from webhooks.v1.dispatcher_service_pb2_grpc import DispatcherServiceStub as DispatcherStub
     from webhooks.v1.subscription_service_pb2_grpc import SubscriptionServiceStub as Stub
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "webcrypto_verify.mjs"
 NODE_TIMEOUT_SECONDS = 30
 
 
 @pytest.fixture
 def node() -> str:
-    executable = shutil.which("node")
-    if executable is None:
-        problem = "node is not on PATH"
-    elif not (NODE_DIR / "node_modules" / "jose").is_dir():
-        problem = "jose is not installed: run `npm ci --prefix tests/node`"
-    else:
-        return executable
-    if os.environ.get("CI"):
-        pytest.fail(f"the WebCrypto verification must run when CI is set: {problem}")
-    pytest.skip(problem)
+    return node_executable(purpose="the WebCrypto verification")
 
 
 async def run_node(node: str, cases: Path) -> list[dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(SCRIPT),
-        str(cases),
-        cwd=NODE_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), NODE_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.communicate()
-        raise
-    assert process.returncode == 0, stderr.decode()
-    results: list[dict[str, Any]] = json.loads(stdout)
+    run = await run_node_script(node, SCRIPT, str(cases), seconds=NODE_TIMEOUT_SECONDS)
+    assert run.returncode == 0, run.stderr
+    results: list[dict[str, Any]] = json.loads(run.stdout)
     return results
 
 
