@@ -265,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = DemoReceiverSettings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"DEMO_RECEIVER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-            for e in exc.errors()
+            # Pydantic words a validator's own exception as "Value error, <its message>".
+            f"DEMO_RECEIVER_{'_'.join(map(str, e['loc'])).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_input=False)
         )
         print(f"invalid DEMO_RECEIVER_* settings: {problems}", file=sys.stderr)
         return 2

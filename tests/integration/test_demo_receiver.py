@@ -34,7 +34,7 @@ from webhook_receiver import (
     payload_as_string,
     public_jwk,
 )
-from webhook_receiver.demo import DemoReceiver, create_app, jwks_url
+from webhook_receiver.demo import DemoReceiver, create_app, jwks_url, main
 from webhook_receiver.signing import sign_payload
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
@@ -298,3 +298,13 @@ async def test_keys_are_cached_by_id_and_an_unreachable_dispatcher_answers_503()
     finally:
         await runner.cleanup()
     assert server.requests == ["/.well-known/jwks.json"]
+
+
+def test_a_refused_setting_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEMO_RECEIVER_LOG_LEVEL", "LOUD")
+    assert main([]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("invalid DEMO_RECEIVER_* settings: DEMO_RECEIVER_LOG_LEVEL: ")
+    assert "Value error" not in line
