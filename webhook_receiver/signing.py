@@ -40,10 +40,13 @@ def sign_payload(payload_as_string: str, private_key: PrivateKey) -> str:
     return base64.b64encode(signature).decode("ascii")
 
 
+_ECDSA_KEYS = (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
+
+
 def ieee_p1363_signature(signature_b64: str, key: PrivateKey | PublicKey) -> str:
     """The base64 signature ``signature_b64`` (as ``sign_payload`` makes it) in the encoding
     WebCrypto and JOSE verify: ``r||s`` for an ECDSA key, the same bytes for an RSA key."""
-    if not isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+    if not isinstance(key, _ECDSA_KEYS):
         return signature_b64
     r, s = decode_dss_signature(base64.b64decode(signature_b64, validate=True))
     size = (key.curve.key_size + 7) // 8
