@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +126,17 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[int, float, 
 # --- publishing at a steady rate -------------------------------------------------------
 
 
-async def publish_steadily(port: int, rate: float, seconds: float, published: Published) -> None:
+async def publish_steadily(
+    port: int,
+    rate: float,
+    seconds: float,
+    published: Published,
+    *,
+    details: Callable[[], str] | None = None,
+) -> None:
     """`rate` events/s for `seconds` over one stream, in batches sent every 50 ms (a late
-    batch catches up, at most BATCH events at a time)."""
+    batch catches up, at most BATCH events at a time). `details`, if given, makes each
+    batch's details just before it is sent (e.g. to carry the publish time)."""
     # Message ids no earlier run used, so a reused PostgreSQL database takes them all.
     first = time.time_ns() // 1000
 
@@ -137,7 +145,12 @@ async def publish_steadily(port: int, rate: float, seconds: float, published: Pu
         while (elapsed := time.perf_counter() - started) < seconds:
             due = min(int(elapsed * rate) - published.sent, BATCH)
             if due > 0:
-                yield pb.PublishEventsRequest(events=events(first + published.sent, due))
+                batch = events(first + published.sent, due)
+                if details is not None:
+                    text = details()
+                    for event in batch:
+                        event.details = text
+                yield pb.PublishEventsRequest(events=batch)
                 published.sent += due
             await asyncio.sleep(0.05)
 
