@@ -59,9 +59,15 @@ def serve(ports: Queue[int]) -> None:
         await request.read()
         return web.Response(text="ok")
 
+    app = web.Application()
+    app.router.add_post("/hook", accept)
+    run_forever(app, ports)
+
+
+def run_forever(app: web.Application, ports: Queue[int]) -> None:
+    """Serves `app` on a free port of 127.0.0.1, put on `ports`, until the process ends."""
+
     async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", accept)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

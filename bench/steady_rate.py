@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dispatcher_rates import DETAILS, Dispatcher, new_setup, publish_all, spawn
+from http_post_rate import run_forever
 from soak import Published, dispatcher_pid, publish_steadily
 
 SATURATED_EVENTS = 8000
@@ -77,20 +78,10 @@ def receiver(ports: Queue[int]) -> None:
         start = int(request.query.get("from", "0"))
         return web.json_response({"count": len(receipts), "receipts": receipts[start:]})
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", accept)
-        app.router.add_get("/receipts", listing)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        ports.put(server.sockets[0].getsockname()[1])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_post("/hook", accept)
+    app.router.add_get("/receipts", listing)
+    run_forever(app, ports)
 
 
 class Receipts:
