@@ -31,29 +31,25 @@ def document(registry: Registry) -> dict[str, Any]:
     )
 
 
-def refs(node: Any) -> Iterator[str]:
+def objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object of the document, but for those inside examples and literal values."""
     if isinstance(node, dict):
-        if isinstance(node.get("$ref"), str):
-            yield node["$ref"]
+        yield node
         for key, value in node.items():
             if key not in ("examples", "example", "const", "enum"):
-                yield from refs(value)
+                yield from objects(value)
     elif isinstance(node, list):
         for item in node:
-            yield from refs(item)
+            yield from objects(item)
+
+
+def refs(node: Any) -> Iterator[str]:
+    return (found["$ref"] for found in objects(node) if isinstance(found.get("$ref"), str))
 
 
 def schemas(node: Any) -> Iterator[dict[str, Any]]:
     """Every object in the document that holds a `required` list: the schemas that may."""
-    if isinstance(node, dict):
-        if isinstance(node.get("required"), list):
-            yield node
-        for key, value in node.items():
-            if key not in ("examples", "example", "const", "enum"):
-                yield from schemas(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from schemas(item)
+    return (found for found in objects(node) if isinstance(found.get("required"), list))
 
 
 def component_validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
