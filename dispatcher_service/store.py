@@ -76,14 +76,16 @@ _COMPLETE = (
     )
     .returning(_DELIVERIES.c.id)
 )
+# The deliveries `ids` while `owner` still holds them.
+_HELD_BY_OWNER = (
+    _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
+    _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
+)
 # A claimed delivery whose lease had run out: the attempt it cut short is counted, and it
 # is sent again at once (see `retry.after_interruption`), or it is dead.
 _RETRY_INTERRUPTED = (
     sa.update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
-        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
-    )
+    .where(*_HELD_BY_OWNER)
     .values(
         state=DeliveryState.RETRYING.value,
         attempt_count=_DELIVERIES.c.attempt_count + 1,
@@ -93,10 +95,7 @@ _RETRY_INTERRUPTED = (
 )
 _END_INTERRUPTED = (
     sa.update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
-        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
-    )
+    .where(*_HELD_BY_OWNER)
     .values(
         state=DeliveryState.DEAD.value,
         attempt_count=_DELIVERIES.c.attempt_count + 1,
@@ -110,12 +109,7 @@ _LOST_CLAIM_TIMES = sa.select(_DELIVERIES.c.id, _DELIVERIES.c.claim_time).where(
     _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True))
 )
 _UNCLAIM = (
-    sa.update(_DELIVERIES)
-    .where(
-        _DELIVERIES.c.id.in_(sa.bindparam("ids", expanding=True)),
-        _DELIVERIES.c.lease_owner == sa.bindparam("owner"),
-    )
-    .values(lease_owner=None, lease_expires=None)
+    sa.update(_DELIVERIES).where(*_HELD_BY_OWNER).values(lease_owner=None, lease_expires=None)
 )
 _FORGET_HEALTH = sa.delete(_HEALTH).where(
     _HEALTH.c.subscription_id.in_(sa.bindparam("subscription_ids", expanding=True))
