@@ -16,7 +16,9 @@ __all__ = [
     "DeliveryQuery",
     "DeliveryState",
     "EndpointHealth",
+    "HandOff",
     "IngestOutcome",
+    "Ingested",
     "PreparedEvent",
     "QueueStats",
     "Target",
@@ -68,6 +70,22 @@ class IngestOutcome:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HandOff:
+    """New deliveries that a worker of the ingesting process takes as they are stored:
+    written already leased to `owner` until `lease_expires` (claimed at once, in the
+    ingestion's own transaction), at most `counts[subscription_id]` of each
+    subscription's, first come first. The others are stored due, for claims."""
+
+    owner: str
+    lease_expires: datetime
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClaimedDelivery:
     """A due delivery a worker holds the lease of, with what it needs to send it."""
 
@@ -81,6 +99,17 @@ class ClaimedDelivery:
     payload: str
     # When it became due (its next_attempt_time), as the claim found it.
     due_time: datetime
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What storing a batch of events did: an outcome per event, in the order given;
+    the deliveries leased as a `HandOff` asked, in the order stored; and the
+    subscriptions whose new deliveries were stored due, for claims to find."""
+
+    outcomes: list[IngestOutcome]
+    handed_off: list[ClaimedDelivery]
+    due: set[str]
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,19 @@ import collections
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from dispatcher_service.domain import IngestOutcome, PreparedEvent, Target
+from dispatcher_service.domain import (
+    ClaimedDelivery,
+    HandOff,
+    Ingested,
+    IngestOutcome,
+    PreparedEvent,
+    Target,
+)
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.rate_limit import TenantRateLimiter
 from dispatcher_service.store import DeliveryStore
@@ -41,6 +48,7 @@ __all__ = [
     "EventUser",
     "IncomingEvent",
     "Ingestor",
+    "LocalWorker",
     "Rejected",
     "RouteSource",
 ]
@@ -106,6 +114,18 @@ class RouteSource(Protocol):
     def routes_for(self, tenant: str, message_type: str) -> Sequence[_Route]: ...
 
 
+class LocalWorker(Protocol):
+    """The delivery worker of the ingesting process (see `DeliveryWorker`)."""
+
+    def offer(self, targets: Sequence[Target]) -> HandOff | None: ...
+
+    async def accept(self, offer: HandOff, deliveries: list[ClaimedDelivery]) -> None: ...
+
+    def withdraw(self, offer: HandOff) -> None: ...
+
+    def wake(self, subscription_ids: Collection[str] = ()) -> None: ...
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -118,17 +138,18 @@ class Ingestor:
         registry: Registry,
         routes: RouteSource,
         clock: Callable[[], datetime] = _utc_now,
-        on_stored: Callable[[set[str]], None] = lambda subscription_ids: None,
+        worker: LocalWorker | None = None,
         metrics: DispatcherMetrics | None = None,
         limiter: TenantRateLimiter | None = None,
     ) -> None:
+        """`worker`: the delivery worker of this process, if any; it takes what it can of
+        the new deliveries as they are stored, and is woken for the others."""
         self._limiter = limiter
-        self._writer = _GroupCommit(store)
+        self._writer = _GroupCommit(store, worker=worker)
         self._metrics = metrics or DispatcherMetrics()
         self._registry = registry
         self._routes = routes
         self._clock = clock
-        self._on_stored = on_stored
 
     async def publish(
         self, caller: Caller, events: Sequence[IncomingEvent]
@@ -146,9 +167,6 @@ class Ingestor:
         if good and self._limiter is not None:
             self._take_rate(self._limiter, good)
         stored = iter(await self._writer.ingest(good, now=now) if good else [])
-        if good:
-            # The subscriptions that may have new deliveries (duplicates have none).
-            self._on_stored({t.subscription_id for event in good for t in event.targets})
         results = [item if isinstance(item, Rejected) else next(stored) for item in checked]
         self._count(results)
         return results
@@ -248,8 +266,11 @@ class _GroupCommit:
     first of two equal message ids is the one stored.
     """
 
-    def __init__(self, store: DeliveryStore, *, max_events: int = 2000) -> None:
+    def __init__(
+        self, store: DeliveryStore, *, worker: LocalWorker | None = None, max_events: int = 2000
+    ) -> None:
         self._store = store
+        self._worker = worker
         self._max_events = max_events
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._writing: asyncio.Task[None] | None = None
@@ -277,7 +298,7 @@ class _GroupCommit:
             # with UNAVAILABLE and sends its batch again (told DUPLICATE for whatever a
             # commit whose answer was lost did store).
             try:
-                outcomes = await asyncio.to_thread(self._store.ingest, events, now=group[0].now)
+                outcomes = (await self._store_handing_off(events, now=group[0].now)).outcomes
             except StoreUnavailable as error:
                 _fail(group, error)
                 continue
@@ -297,6 +318,28 @@ class _GroupCommit:
                 if not waiting.outcomes.done():  # its caller may have gone
                     waiting.outcomes.set_result(outcomes[start:end])
                 start = end
+
+    async def _store_handing_off(
+        self, events: Sequence[PreparedEvent], *, now: datetime
+    ) -> Ingested:
+        """Stores `events`: their new deliveries that the worker offers to take leased to
+        it and handed to it, the worker woken for the others."""
+        worker = self._worker
+        targets = [target for event in events for target in event.targets]
+        offer = worker.offer(targets) if worker is not None and targets else None
+        try:
+            ingested = await asyncio.to_thread(self._store.ingest, events, now=now, hand_off=offer)
+        except BaseException:
+            if offer is not None:
+                assert worker is not None
+                worker.withdraw(offer)
+            raise
+        if worker is not None:
+            if offer is not None:
+                await worker.accept(offer, ingested.handed_off)
+            if ingested.due:
+                worker.wake(ingested.due)
+        return ingested
 
 
 @dataclass

@@ -230,7 +230,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         store=store,
         registry=registry,
         routes=follower,
-        on_stored=worker.wake,
+        worker=worker,
         metrics=metrics,
         limiter=limiter,
     )

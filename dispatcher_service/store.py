@@ -10,7 +10,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +31,8 @@ from dispatcher_service.domain import (
     DeliveryQuery,
     DeliveryState,
     EndpointHealth,
+    HandOff,
+    Ingested,
     IngestOutcome,
     PreparedEvent,
     QueueStats,
@@ -56,6 +58,7 @@ _HEALTH = EndpointHealthRow.__table__  # type: ignore[attr-defined]
 
 # Built once: a cached statement costs a fraction of building one per call.
 _NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+_LEASE_EXPIRES = sa.bindparam("lease_expires", type_=sa.DateTime(timezone=True))
 _COMPLETE = (
     sa.update(_DELIVERIES)
     .where(
@@ -140,24 +143,31 @@ _INSERT_EVENTS = {
 _INSERT_DELIVERIES = {
     "postgresql": sa.text(
         "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
-        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time) "
+        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time, "
+        "lease_owner, lease_expires, claim_time) "
         "SELECT id, event_id, tenant, subscription_id, message_id, message_type, url, "
-        ":state, 0, :now, :now, :now "
+        ":state, 0, :now, :now, :now, CASE WHEN leased THEN CAST(:owner AS text) END, "
+        "CASE WHEN leased THEN :lease_expires END, CASE WHEN leased THEN :now END "
         "FROM json_to_recordset(CAST(:rows AS json)) AS t (id text, event_id text, "
-        "tenant text, subscription_id text, message_id text, message_type text, url text)"
-    ).bindparams(_NOW),
+        "tenant text, subscription_id text, message_id text, message_type text, url text, "
+        "leased boolean)"
+    ).bindparams(_NOW, _LEASE_EXPIRES),
     "sqlite": sa.text(
         "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
-        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time) "
+        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time, "
+        "lease_owner, lease_expires, claim_time) "
         "SELECT json_extract(value, '$.id'), json_extract(value, '$.event_id'), "
         "json_extract(value, '$.tenant'), json_extract(value, '$.subscription_id'), "
         "json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
-        "json_extract(value, '$.url'), :state, 0, :now, :now, :now FROM json_each(:rows)"
-    ).bindparams(_NOW),
+        "json_extract(value, '$.url'), :state, 0, :now, :now, :now, "
+        "CASE WHEN json_extract(value, '$.leased') THEN :owner END, "
+        "CASE WHEN json_extract(value, '$.leased') THEN :lease_expires END, "
+        "CASE WHEN json_extract(value, '$.leased') THEN :now END FROM json_each(:rows)"
+    ).bindparams(_NOW, _LEASE_EXPIRES),
 }
 
 
-def _as_document(rows: Sequence[dict[str, str]], *, now: datetime) -> dict[str, object]:
+def _as_document(rows: Sequence[Mapping[str, object]], *, now: datetime) -> dict[str, object]:
     """The parameters of the statements above for `rows` (all created at `now`); the
     rows hold the text columns, the statements set the rest."""
     return {"rows": orjson.dumps(rows).decode(), "now": now, "state": DeliveryState.PENDING.value}
@@ -228,11 +238,14 @@ class DeliveryStore:
                 yield connection
 
     @unavailable_on_database_errors
-    def ingest(self, events: Sequence[PreparedEvent], *, now: datetime) -> list[IngestOutcome]:
+    def ingest(
+        self, events: Sequence[PreparedEvent], *, now: datetime, hand_off: HandOff | None = None
+    ) -> Ingested:
         """Stores new events with their deliveries in one transaction; skips duplicates.
 
         Outcomes come in the order of `events`. A message id seen twice in `events` is
-        stored once; the later ones are duplicates.
+        stored once; the later ones are duplicates. Given `hand_off`, the deliveries it
+        asks for are stored leased to its owner (see `HandOff`) and returned, ready to send.
         """
         first_of: dict[tuple[str, str], PreparedEvent] = {}
         for event in events:
@@ -240,37 +253,81 @@ class DeliveryStore:
         ids = dict(zip(first_of, _new_ids("evt", len(first_of)), strict=True))
         with self._writing() as connection:
             inserted = self._insert_events(connection, first_of, ids, now=now)
-            deliveries = [
+            fresh = [(ids[key], event) for key, event in first_of.items() if key in inserted]
+            handed_off, due = self._insert_deliveries(connection, fresh, now=now, hand_off=hand_off)
+        outcomes: list[IngestOutcome] = []
+        for event in events:
+            key = (event.tenant, event.message_id)
+            stored = key in inserted and first_of[key] is event
+            outcomes.append(
+                IngestOutcome(
+                    message_id=event.message_id,
+                    duplicate=not stored,
+                    deliveries=len(event.targets) if stored else 0,
+                )
+            )
+        return Ingested(outcomes=outcomes, handed_off=handed_off, due=due)
+
+    def _insert_deliveries(
+        self,
+        connection: sa.Connection,
+        events: Sequence[tuple[str, PreparedEvent]],
+        *,
+        now: datetime,
+        hand_off: HandOff | None,
+    ) -> tuple[list[ClaimedDelivery], set[str]]:
+        """Inserts the deliveries of `events` (event id, event), leasing those `hand_off`
+        asks for; returns those leased and the subscriptions of the others."""
+        left = dict(hand_off.counts) if hand_off is not None else {}
+        rows: list[dict[str, object]] = []
+        handed_off: list[ClaimedDelivery] = []
+        due: set[str] = set()
+        targets = [
+            (event_id, event, target) for event_id, event in events for target in event.targets
+        ]
+        for (event_id, event, target), delivery_id in zip(
+            targets, _new_ids("dlv", len(targets)), strict=True
+        ):
+            leased = left.get(target.subscription_id, 0) > 0
+            rows.append(
                 {
-                    "event_id": ids[key],
+                    "id": delivery_id,
+                    "event_id": event_id,
                     "tenant": event.tenant,
                     "subscription_id": target.subscription_id,
                     "message_id": event.message_id,
                     "message_type": event.message_type,
                     "url": target.url,
+                    "leased": leased,
                 }
-                for key, event in first_of.items()
-                if key in inserted
-                for target in event.targets
-            ]
-            for row, delivery_id in zip(deliveries, _new_ids("dlv", len(deliveries)), strict=True):
-                row["id"] = delivery_id
-            if deliveries:
-                connection.execute(
-                    _INSERT_DELIVERIES[self._dialect], _as_document(deliveries, now=now)
-                )
-        outcomes: list[IngestOutcome] = []
-        for event in events:
-            key = (event.tenant, event.message_id)
-            fresh = key in inserted and first_of[key] is event
-            outcomes.append(
-                IngestOutcome(
+            )
+            if not leased:
+                due.add(target.subscription_id)
+                continue
+            left[target.subscription_id] -= 1
+            handed_off.append(
+                ClaimedDelivery(
+                    id=delivery_id,
+                    tenant=event.tenant,
+                    subscription_id=target.subscription_id,
                     message_id=event.message_id,
-                    duplicate=not fresh,
-                    deliveries=len(event.targets) if fresh else 0,
+                    message_type=event.message_type,
+                    url=target.url,
+                    attempt_count=0,
+                    payload=event.payload,
+                    due_time=now,
                 )
             )
-        return outcomes
+        if rows:
+            connection.execute(
+                _INSERT_DELIVERIES[self._dialect],
+                {
+                    **_as_document(rows, now=now),
+                    "owner": None if hand_off is None else hand_off.owner,
+                    "lease_expires": None if hand_off is None else hand_off.lease_expires,
+                },
+            )
+        return handed_off, due
 
     def _insert_events(
         self,

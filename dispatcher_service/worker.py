@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -32,6 +32,8 @@ from dispatcher_service.domain import (
     Completion,
     DeliveryState,
     EndpointHealth,
+    HandOff,
+    Target,
 )
 from dispatcher_service.http_sender import endpoint_of
 from dispatcher_service.metrics import DispatcherMetrics
@@ -119,7 +121,9 @@ class WorkerLimits:
     claim_batch: int = 100
     lease: timedelta = timedelta(seconds=60)
     poll_interval: float = 0.5
-    flush_interval: float = 0.02
+    # Results wait this long at most to be recorded together, unless `flush_batch` of
+    # them wait already: the delivery log may lag behind the receivers by this much.
+    flush_interval: float = 0.25
     flush_batch: int = 200
 
 
@@ -222,7 +226,10 @@ class DeliveryWorker:
         self._claim_room = max(1, min(limits.claim_batch, limits.max_in_flight) // 2)
         self._room = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Room held for deliveries that ingestion is storing leased to this worker.
+        self._offered = 0
         self._results: asyncio.Queue[Completion] = asyncio.Queue()
+        self._batch_full = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._disabling: set[str] = set()
@@ -261,6 +268,55 @@ class DeliveryWorker:
             self._new_work = True
         self._wake.set()
 
+    def offer(self, targets: Sequence[Target]) -> HandOff | None:
+        """What this worker takes of the new deliveries to `targets` that ingestion is about
+        to store: leased to it in the ingestion's own transaction, so that no claim has to
+        find them. As many as start at once, while room for a whole claim stays free for
+        what else is due (retries, redeliveries, what other replicas left), which is thus
+        never starved. None: none now. The room stays held until `accept` or `withdraw`."""
+        if not self._tasks or self._stopping or not self._routes.is_ready():
+            return None
+        room = self._free() - self._claim_room
+        excluded = frozenset().union(*self._saturated.values())
+        counts: dict[str, int] = {}
+        starting: collections.Counter[str] = collections.Counter()
+        for target in targets:
+            if room <= 0:
+                break
+            endpoint = self._endpoint_of(target.subscription_id, target.url)
+            if (
+                target.subscription_id not in excluded
+                and self._endpoint_load[endpoint] + starting[endpoint] < self._limits.per_endpoint
+            ):
+                starting[endpoint] += 1
+                counts[target.subscription_id] = counts.get(target.subscription_id, 0) + 1
+                room -= 1
+        if not counts:
+            return None
+        offer = HandOff(
+            owner=self.owner, lease_expires=self._clock() + self._limits.lease, counts=counts
+        )
+        self._offered += offer.total
+        return offer
+
+    async def accept(self, offer: HandOff, deliveries: list[ClaimedDelivery]) -> None:
+        """Sends `deliveries`, stored leased to this worker as `offer` asked."""
+        self.withdraw(offer)
+        if self._stopping:  # stored while this worker stops: for others to claim
+            await self._unclaim([delivery.id for delivery in deliveries])
+            return
+        busy = self._begin(deliveries, now=self._clock())
+        if busy:
+            # Claims took the room meanwhile. What is given back is due again: the next
+            # claim looks through everything.
+            self._looked = None
+            await self._unclaim(busy)
+
+    def withdraw(self, offer: HandOff) -> None:
+        """Frees the room held for `offer` (its deliveries are started, or not stored)."""
+        self._offered -= offer.total
+        self._note_room()
+
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim deliveries"),
@@ -297,7 +353,7 @@ class DeliveryWorker:
                 # ingestion (which waits for the table too) or a poll ends the wait.
                 await self._idle()
                 continue
-            free = self._limits.max_in_flight - len(self._in_flight)
+            free = self._free()
             if free < self._claim_room:
                 self._room.clear()
                 await self._room.wait()
@@ -344,9 +400,7 @@ class DeliveryWorker:
             if batch.interrupted or batch.dead:
                 self._note_interrupted(batch)
             queued = self._queued_total
-            busy = [delivery.id for delivery in claimed if not self._take(delivery)]
-            # Before the tasks just started get to run.
-            self._sign_ahead(claimed, besides=frozenset(busy), now=now)
+            busy = self._begin(claimed, now=now)
             if busy:
                 self._claim_size = max(1, len(claimed) - len(busy))
                 await self._unclaim(busy)
@@ -358,6 +412,22 @@ class DeliveryWorker:
             self._remember(taken, short=short, now=now, excluded=excluded, only=only)
             if short and not excluded:
                 await self._idle()
+
+    def _begin(self, claimed: list[ClaimedDelivery], *, now: datetime) -> list[str]:
+        """Starts sending what this worker holds in `claimed`, or queues it for its
+        endpoint; returns the ids of those to give back (their endpoints are full)."""
+        busy = [delivery.id for delivery in claimed if not self._take(delivery)]
+        # Before the tasks just started get to run.
+        self._sign_ahead(claimed, besides=frozenset(busy), now=now)
+        return busy
+
+    def _free(self) -> int:
+        """Deliveries this worker may start besides those in flight and offered."""
+        return self._limits.max_in_flight - len(self._in_flight) - self._offered
+
+    def _note_room(self) -> None:
+        if self._free() >= self._claim_room:
+            self._room.set()
 
     def _note_interrupted(self, batch: ClaimedBatch) -> None:
         """Logs and counts the attempts that `batch`'s claim found cut short (their
@@ -437,7 +507,7 @@ class DeliveryWorker:
     def _take(self, delivery: ClaimedDelivery) -> bool:
         """Starts sending `delivery`, or queues it for a slot of its endpoint; False when
         that queue is full too (the delivery is to be given back)."""
-        endpoint = self._endpoint_of(delivery)
+        endpoint = self._endpoint_of(delivery.subscription_id, delivery.url)
         if self._endpoint_load[endpoint] < self._limits.per_endpoint:
             self._start(delivery, endpoint)
             return True
@@ -457,9 +527,9 @@ class DeliveryWorker:
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._finished, endpoint))
 
-    def _endpoint_of(self, delivery: ClaimedDelivery) -> str:
-        route = self._routes.route(delivery.subscription_id)
-        url = delivery.url if route is None else route.url
+    def _endpoint_of(self, subscription_id: str, stored_url: str) -> str:
+        route = self._routes.route(subscription_id)
+        url = stored_url if route is None else route.url
         endpoint = self._endpoints.get(url)
         if endpoint is None:
             if len(self._endpoints) >= _MAX_KNOWN_URLS:
@@ -494,8 +564,7 @@ class DeliveryWorker:
             room = self._limits.per_endpoint - waiting
             self._claim_size = max(self._claim_size, min(room, self._limits.claim_batch))
             self._wake.set()
-        if self._limits.max_in_flight - len(self._in_flight) >= self._claim_room:
-            self._room.set()
+        self._note_room()
 
     async def _store_call(self, call: Callable[..., _T], /, **kwargs: Any) -> _T:
         """Runs a store method: in a thread for a database server, here for SQLite.
@@ -551,6 +620,8 @@ class DeliveryWorker:
                     else f", next attempt at {completion.next_attempt_time.isoformat()}",
                 )
         self._results.put_nowait(completion)
+        if self._results.qsize() >= self._limits.flush_batch:
+            self._batch_full.set()
 
     def _span(self, delivery: ClaimedDelivery) -> contextlib.AbstractContextManager[Span | None]:
         if not tracing_enabled():
@@ -719,7 +790,10 @@ class DeliveryWorker:
     async def _flush_loop(self) -> None:
         while True:
             first = await self._results.get()
-            await asyncio.sleep(self._limits.flush_interval)
+            if self._results.qsize() + 1 < self._limits.flush_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_full.wait(), self._limits.flush_interval)
+            self._batch_full.clear()
             batch = [first]
             while not self._results.empty() and len(batch) < self._limits.flush_batch:
                 batch.append(self._results.get_nowait())

@@ -458,7 +458,7 @@ class _BrokenStore:
     def __init__(self) -> None:
         self.calls = 0
 
-    def ingest(self, events: object, *, now: datetime) -> list[object]:
+    def ingest(self, events: object, *, now: datetime, hand_off: object = None) -> object:
         self.calls += 1
         raise RuntimeError("not a database error")
 

@@ -20,6 +20,7 @@ from dispatcher_service.domain import (
     Completion,
     DeliveryQuery,
     DeliveryState,
+    HandOff,
     PreparedEvent,
     Target,
 )
@@ -90,16 +91,79 @@ def attempt(number: int, status: int = 200) -> Attempt:
 
 
 def test_ingest_stores_one_delivery_per_target_and_skips_duplicates(store: DeliveryStore) -> None:
-    outcomes = store.ingest([event("m1", "s1", "s2"), event("m2"), event("m1", "s1")], now=NOW)
+    outcomes = store.ingest(
+        [event("m1", "s1", "s2"), event("m2"), event("m1", "s1")], now=NOW
+    ).outcomes
     assert [(o.message_id, o.duplicate, o.deliveries) for o in outcomes] == [
         ("m1", False, 2),
         ("m2", False, 0),
         ("m1", True, 0),
     ]
-    again = store.ingest([event("m1", "s1", "s2"), event("m1", "s3", tenant="globex")], now=NOW)
+    again = store.ingest(
+        [event("m1", "s1", "s2"), event("m1", "s3", tenant="globex")], now=NOW
+    ).outcomes
     assert [(o.duplicate, o.deliveries) for o in again] == [(True, 0), (False, 1)]
     page, _ = store.page(DeliveryQuery(tenant="acme", page_size=10), after=None)
     assert sorted(d.subscription_id for d in page) == ["s1", "s2"]
+
+
+def test_ingest_leases_what_a_hand_off_asks_for_and_leaves_the_rest_to_claims(
+    store: DeliveryStore,
+) -> None:
+    offer = HandOff(owner="local", lease_expires=NOW + LEASE, counts={"s1": 1, "s3": 5})
+    stored = store.ingest(
+        [event("m1", "s1", "s2"), event("m2", "s1"), event("m3", "s3")], now=NOW, hand_off=offer
+    )
+    assert [(o.duplicate, o.deliveries) for o in stored.outcomes] == [
+        (False, 2),
+        (False, 1),
+        (False, 1),
+    ]
+    # The first of each subscription's, as many as asked, ready to send.
+    assert [
+        (d.message_id, d.subscription_id, d.attempt_count, d.due_time, d.payload)
+        for d in stored.handed_off
+    ] == [
+        ("m1", "s1", 0, NOW, event("m1").payload),
+        ("m3", "s3", 0, NOW, event("m3").payload),
+    ]
+    assert stored.due == {"s1", "s2"}
+    # Claims find only the others; the owner records its attempts as for a claim.
+    assert sorted((d.message_id, d.subscription_id) for d in claim(store, "other", now=NOW)) == [
+        ("m1", "s2"),
+        ("m2", "s1"),
+    ]
+    first, lost = stored.handed_off
+    store.complete(
+        [
+            Completion(
+                delivery_id=first.id,
+                subscription_id="s1",
+                attempt=attempt(1),
+                state=DeliveryState.SUCCEEDED,
+                next_attempt_time=None,
+                endpoint_failed=False,
+            )
+        ],
+        owner="local",
+        now=NOW,
+    )
+    assert store.get(first.id, tenant="acme").state is DeliveryState.SUCCEEDED
+    # A hand-off whose owner died is taken again once its lease has run out (as are the
+    # claims of "other", which never answered), with the attempt cut short timed when
+    # the ingestion leased it.
+    later = NOW + LEASE + timedelta(seconds=1)
+    assert (lost.id, 1, True) in taken(claim_batch(store, "other", now=later))
+    (cut_short,) = store.get(lost.id, tenant="acme").attempts
+    assert (cut_short.start_time, cut_short.error) == (NOW, INTERRUPTED_ERROR)
+
+
+def test_a_duplicate_is_never_handed_off(store: DeliveryStore) -> None:
+    store.ingest([event("m1", "s1")], now=NOW)
+    offer = HandOff(owner="local", lease_expires=NOW + LEASE, counts={"s1": 2})
+    again = store.ingest([event("m1", "s1"), event("m1", "s1")], now=NOW, hand_off=offer)
+    assert [o.duplicate for o in again.outcomes] == [True, True]
+    assert (again.handed_off, again.due) == ([], set())
 
 
 def test_claims_skip_excluded_subscriptions_or_look_after_a_time_or_at_one_subscription(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -15,17 +16,21 @@ from sqlalchemy.engine import Engine
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.domain import (
     Attempt,
+    ClaimedBatch,
     Completion,
     DeliveryQuery,
     DeliveryState,
     PreparedEvent,
     Target,
 )
+from dispatcher_service.ingest import _GroupCommit
 from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
 from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
 from dispatcher_service.store import DeliveryStore
 from dispatcher_service.worker import DeliveryWorker, Sender, Signer, WorkerLimits
+from service_common.errors import StoreUnavailable
+from tests.integration.conftest import eventually
 from webhook_receiver import verify_signature
 
 
@@ -73,6 +78,9 @@ async def never_disable(subscription_id: str, reason: str) -> None:
     raise AssertionError("nothing should be disabled")
 
 
+QUICK = WorkerLimits(poll_interval=0.01, flush_interval=0.0)
+
+
 def new_worker(
     store: DeliveryStore,
     routes: LateRoutes,
@@ -81,6 +89,7 @@ def new_worker(
     *,
     schedule: str = "0s",
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    limits: WorkerLimits = QUICK,
 ) -> DeliveryWorker:
     return DeliveryWorker(
         store=store,
@@ -90,7 +99,7 @@ def new_worker(
         disable=never_disable,
         schedule=RetrySchedule.parse(schedule),
         disable_policy=None,
-        limits=WorkerLimits(poll_interval=0.01, flush_interval=0.0),
+        limits=limits,
         user_agent="test",
         clock=clock,
         rng=lambda: 0.5,
@@ -284,3 +293,144 @@ async def test_what_a_dead_worker_held_is_sent_again_unless_its_last_attempt_was
         record.levelname == "WARNING" and "interrupted" in record.getMessage()
         for record in caplog.records
     )
+
+
+class ClaimCountingStore(DeliveryStore):
+    """Remembers the message ids of what claims took."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.claimed: list[str] = []
+
+    def claim(self, **kwargs: Any) -> ClaimedBatch:
+        batch = super().claim(**kwargs)
+        self.claimed += [delivery.message_id for delivery in batch.deliveries]
+        return batch
+
+
+def prepared(message_id: str, *targets: Target) -> PreparedEvent:
+    return PreparedEvent(
+        tenant="acme",
+        message_id=message_id,
+        message_type="event.claim.created.v1",
+        payload=json.dumps({"messageId": message_id}),
+        targets=targets,
+    )
+
+
+# Room for 3 in flight, 1 of them kept for claims; 2 at once per endpoint.
+SMALL = WorkerLimits(
+    max_in_flight=3, claim_batch=2, per_endpoint=2, poll_interval=60, flush_interval=0.0
+)
+
+
+async def test_a_worker_takes_from_ingestion_what_starts_at_once_and_keeps_room_for_claims(
+    engine: Engine, tmp_path: Path
+) -> None:
+    routes = LateRoutes()
+    worker = new_worker(
+        DeliveryStore(engine), routes, FakeSender(), KeyRing.open(tmp_path / "keys"), limits=SMALL
+    )
+    other = Target("s3", "http://127.0.0.1:10/in")  # another endpoint
+    targets = [ENDPOINT, ENDPOINT, Target("s2", ENDPOINT.url), ENDPOINT, other]
+    assert worker.offer(targets) is None  # not started
+    worker.start()
+    try:
+        assert worker.offer(targets) is None  # no routing table yet
+        routes.ready = True
+        offer = worker.offer(targets)
+        assert offer is not None
+        # 2 of room (1 of the 3 is kept for claims), at most 2 for one endpoint.
+        assert offer.counts == {"s1": 2}
+        assert offer.owner == worker.owner
+        assert worker.offer([other]) is None  # the room is held
+        worker.withdraw(offer)
+        again = worker.offer([other, ENDPOINT, ENDPOINT])
+        assert again is not None
+        assert again.counts == {"s3": 1, "s1": 1}
+        worker.withdraw(again)
+    finally:
+        await worker.stop(1)
+    assert worker.offer(targets) is None  # stopped
+
+
+async def test_ingestion_hands_new_deliveries_to_its_worker_and_wakes_it_for_the_rest(
+    engine: Engine, tmp_path: Path
+) -> None:
+    store = ClaimCountingStore(engine)
+    routes, sender = LateRoutes(), FakeSender()
+    routes.ready = True
+    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    writer = _GroupCommit(store, worker=worker)
+    worker.start()
+    try:
+        await asyncio.sleep(0.1)  # its first claim, of nothing, is over
+        # The endpoint takes 2 at once: the third is left to a claim.
+        same_endpoint = Target("s2", ENDPOINT.url)
+        outcomes = await writer.ingest(
+            [
+                prepared("handed-1", ENDPOINT),
+                prepared("handed-2", same_endpoint),
+                prepared("claimed", ENDPOINT),
+            ],
+            now=datetime.now(UTC),
+        )
+        assert [o.duplicate for o in outcomes] == [False] * 3
+
+        def delivered() -> bool:
+            page, _ = store.page(DeliveryQuery(tenant="acme", page_size=5), after=None)
+            return len(page) == 3 and all(d.state is DeliveryState.SUCCEEDED for d in page)
+
+        # Long before the next poll (60 s): the second was claimed when ingestion woke it.
+        await eventually(delivered, within=5)
+    finally:
+        await worker.stop(1)
+    assert store.claimed == ["claimed"]
+    assert sender.urls == [ENDPOINT.url] * 3
+
+
+class UnavailableStore(DeliveryStore):
+    def ingest(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("the database is unavailable")
+
+
+async def test_the_room_offered_to_an_ingestion_that_fails_is_free_again(
+    engine: Engine, tmp_path: Path
+) -> None:
+    routes = LateRoutes()
+    routes.ready = True
+    store = UnavailableStore(engine)
+    worker = new_worker(store, routes, FakeSender(), KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    worker.start()
+    try:
+        with pytest.raises(StoreUnavailable):
+            await _GroupCommit(store, worker=worker).ingest(
+                [prepared("lost", ENDPOINT)], now=datetime.now(UTC)
+            )
+        offer = worker.offer([ENDPOINT, ENDPOINT])
+        assert offer is not None
+        assert offer.counts == {"s1": 2}
+    finally:
+        await worker.stop(1)
+
+
+async def test_what_is_handed_to_a_stopping_worker_is_given_back_unsent(
+    engine: Engine, tmp_path: Path
+) -> None:
+    store = DeliveryStore(engine)
+    routes, sender = LateRoutes(), FakeSender()
+    routes.ready = True
+    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    worker.start()
+    offer = worker.offer([ENDPOINT])
+    assert offer is not None
+    await worker.stop(1)
+    stored = store.ingest([prepared("late", ENDPOINT)], now=datetime.now(UTC), hand_off=offer)
+    await worker.accept(offer, stored.handed_off)
+    assert sender.urls == []
+    # Due again at once for any worker, with no attempt charged.
+    claimed = store.claim(
+        owner="other", limit=5, now=datetime.now(UTC), lease=timedelta(minutes=1), max_attempts=1
+    )
+    assert [(d.message_id, d.attempt_count) for d in claimed.deliveries] == [("late", 0)]
+    assert claimed.interrupted == []

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from dispatcher_service.database import create_engine, migrate
-from dispatcher_service.domain import DeliveryQuery, IngestOutcome, PreparedEvent
+from dispatcher_service.domain import DeliveryQuery, HandOff, Ingested, IngestOutcome, PreparedEvent
 from dispatcher_service.ingest import IncomingEvent, Ingestor, Rejected
 from dispatcher_service.store import DeliveryStore
 from service_common.auth import Caller, Scope
@@ -56,14 +56,16 @@ class GatedStore(DeliveryStore):
         self.writes: list[int] = []
         self.fail = False
 
-    def ingest(self, events: Sequence[PreparedEvent], *, now: datetime) -> list[IngestOutcome]:
+    def ingest(
+        self, events: Sequence[PreparedEvent], *, now: datetime, hand_off: HandOff | None = None
+    ) -> Ingested:
         self.writes.append(len(events))
         self.entered.set()
         if len(self.writes) == 1:
             self.gate.wait(10)
         if self.fail:
             raise StoreUnavailable("the database is unavailable")
-        return super().ingest(events, now=now)
+        return super().ingest(events, now=now, hand_off=hand_off)
 
 
 @pytest.fixture
