@@ -1,8 +1,8 @@
 """Delivery workers: claim due deliveries, sign and POST them, record every attempt.
 
 One `DeliveryWorker` per process runs many deliveries at once (bounded overall; the
-HTTP sender bounds each endpoint). Results are written in small batches, one
-transaction each, so the database is not the bottleneck of a fast receiver.
+HTTP sender bounds each endpoint). Signing is `DeliverySigner`'s job, recording the
+results (in small batches) `AttemptRecorder`'s.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-import orjson
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from dispatcher_service.delivery_signer import DeliverySigner, Signer, build_body
 from dispatcher_service.domain import (
     INTERRUPTED_ERROR,
     Attempt,
@@ -31,12 +31,13 @@ from dispatcher_service.domain import (
     ClaimedDelivery,
     Completion,
     DeliveryState,
-    EndpointHealth,
     HandOff,
     Target,
 )
 from dispatcher_service.http_sender import endpoint_of
 from dispatcher_service.metrics import DispatcherMetrics
+from dispatcher_service.outage import Outage, store_call
+from dispatcher_service.recorder import AttemptRecorder, Disabler
 from dispatcher_service.retry import (
     AttemptOutcome,
     DisablePolicy,
@@ -44,15 +45,15 @@ from dispatcher_service.retry import (
     classify,
     next_attempt_delay,
     parse_retry_after,
-    should_disable,
 )
 from dispatcher_service.routing import Route
-from dispatcher_service.signing import Signature, SignatureAlgorithm, delivery_headers
 from dispatcher_service.store import DeliveryStore
 from service_common.errors import StoreUnavailable
 from service_common.logs import bind_log_context, log_context
 from service_common.tracing import tracing_enabled
 
+# `Disabler` and `build_body` live with the recorder and the signer; named here for the
+# callers that import them from the worker.
 __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
 
 log = logging.getLogger(__name__)
@@ -66,21 +67,11 @@ _SATURATED_POLL = 0.5
 # How far back such a look at new deliveries reaches before the last one: an ingestion
 # takes its time before its transaction commits, so its deliveries may show up that late.
 _LOOK_BACK = timedelta(seconds=0.25)
-# An event's deliveries to several subscriptions carry one signature: the same payload,
-# signed with the same key. Kept this long after it was made, so that the deliveries
-# claimed together share it, and a signature never outlives its key's retirement by much.
-_SIGNATURE_REUSE = timedelta(seconds=60)
-_MAX_SIGNATURES = 4096
-_SignatureKey = tuple[str, str, SignatureAlgorithm]  # tenant, message id, algorithm
-_T = TypeVar("_T")
 
 # While the database is away the claim loop waits twice as long after each failed claim,
 # from the poll interval up to this; an ingestion that commits (so the database is back)
 # ends the wait at once.
 MAX_CLAIM_BACKOFF_SECONDS = 10.0
-# The same for recording a batch of attempts, from the first delay up to the cap.
-FIRST_RECORD_DELAY_SECONDS = 0.1
-MAX_RECORD_DELAY_SECONDS = 10.0
 
 
 class RouteLookup(Protocol):
@@ -106,13 +97,6 @@ class Sender(Protocol):
     async def send(self, url: str, *, body: bytes, headers: Mapping[str, str]) -> _SendResult: ...
 
 
-class Signer(Protocol):
-    def sign(self, payload_as_string: str, algorithm: SignatureAlgorithm) -> Signature: ...
-
-
-Disabler = Callable[[str, str], Awaitable[None]]
-
-
 @dataclass(frozen=True, kw_only=True)
 class WorkerLimits:
     max_in_flight: int = 256
@@ -125,25 +109,6 @@ class WorkerLimits:
     # them wait already: the delivery log may lag behind the receivers by this much.
     flush_interval: float = 0.25
     flush_batch: int = 200
-
-
-def build_body(payload: str, signature: str) -> bytes:
-    """The delivery body of DESIGN section 2, with `payload` being exactly `payloadAsString`.
-
-    Spliced as text rather than re-serialised, so the `payload` object a receiver parses
-    is byte for byte the text that was signed.
-    """
-    return b"".join(
-        (
-            b'{"payload":',
-            payload.encode(),
-            b',"signature":',
-            orjson.dumps(signature),
-            b',"payloadAsString":',
-            orjson.dumps(payload),
-            b"}",
-        )
-    )
 
 
 def _utc_now() -> datetime:
@@ -166,26 +131,6 @@ class _LookedThrough:
     drained: bool
 
 
-class _Outage:
-    """The database as this worker last found it: one WARNING when it goes away and one
-    line when it is back, however many calls fail in between."""
-
-    def __init__(self) -> None:
-        self._since: float | None = None
-
-    def failed(self, doing: str) -> None:
-        if self._since is None:
-            self._since = time.monotonic()
-            log.warning(
-                "database unavailable while %s; retrying with backoff until it is back", doing
-            )
-
-    def ended(self) -> None:
-        if self._since is not None:
-            log.info("database available again after %.1fs", time.monotonic() - self._since)
-            self._since = None
-
-
 class DeliveryWorker:
     def __init__(
         self,
@@ -203,23 +148,30 @@ class DeliveryWorker:
         rng: Callable[[], float] = random.random,
         metrics: DispatcherMetrics | None = None,
     ) -> None:
-        self._user_agent = user_agent
         self._metrics = metrics or DispatcherMetrics()
-        self._recorded = {
-            state: self._metrics.deliveries.labels(state.value)
-            for state in (DeliveryState.SUCCEEDED, DeliveryState.RETRYING, DeliveryState.DEAD)
-        }
         self._store = store
         self._routes = routes
         self._sender = sender
-        self._signer = signer
-        self._disable = disable
         self._schedule = schedule
-        self._disable_policy = disable_policy
         self._limits = limits
         self._clock = clock
         self._rng = rng
         self.owner = f"worker-{uuid.uuid4().hex[:12]}"
+        # One for the claim loop and the recorder both: one warning per outage.
+        self._outage = Outage()
+        self._signing = DeliverySigner(signer=signer, user_agent=user_agent, route=routes.route)
+        self._recorder = AttemptRecorder(
+            store=store,
+            owner=self.owner,
+            route=routes.route,
+            disable=disable,
+            disable_policy=disable_policy,
+            flush_interval=limits.flush_interval,
+            flush_batch=limits.flush_batch,
+            clock=clock,
+            metrics=self._metrics,
+            outage=self._outage,
+        )
         self._wake = asyncio.Event()
         # Claim in batches: waiting until a good share of the slots is free costs the
         # receivers nothing and saves a query per finished delivery.
@@ -228,11 +180,8 @@ class DeliveryWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         # Room held for deliveries that ingestion is storing leased to this worker.
         self._offered = 0
-        self._results: asyncio.Queue[Completion] = asyncio.Queue()
-        self._batch_full = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._disabling: set[str] = set()
         self._endpoint_load: collections.Counter[str] = collections.Counter()
         # Claimed deliveries waiting for a slot of their endpoint: at most `per_endpoint`
         # each, so none waits longer than one attempt, and not counted as room taken.
@@ -256,8 +205,6 @@ class DeliveryWorker:
         self._looked: _LookedThrough | None = None
         self._new_work = False
         self._woken: set[str] = set()
-        self._outage = _Outage()
-        self._signatures: dict[_SignatureKey, tuple[Signature, datetime]] = {}
 
     def wake(self, subscription_ids: Collection[str] = ()) -> None:
         """Tells the worker that new deliveries are due: for `subscription_ids` (after an
@@ -320,7 +267,7 @@ class DeliveryWorker:
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim deliveries"),
-            asyncio.create_task(self._flush_loop(), name="record attempts"),
+            asyncio.create_task(self._recorder.run(), name="record attempts"),
         ]
 
     async def stop(self, grace: float) -> None:
@@ -340,9 +287,9 @@ class DeliveryWorker:
         with contextlib.suppress(asyncio.CancelledError):
             await flush_loop
         # Bounded: with the database away, shutting down must not wait for it forever.
-        await self._flush_all(give_up_at=time.monotonic() + max(grace, 1.0))
+        await self._recorder.flush_all(give_up_at=time.monotonic() + max(grace, 1.0))
         with contextlib.suppress(StoreUnavailable):
-            await self._store_call(self._store.release, owner=self.owner)
+            await store_call(self._store, self._store.release, owner=self.owner)
 
     async def _claim_loop(self) -> None:
         backoff = self._limits.poll_interval
@@ -371,7 +318,8 @@ class DeliveryWorker:
             due_after, only = scope
             now = self._clock()
             try:
-                batch = await self._store_call(
+                batch = await store_call(
+                    self._store,
                     self._store.claim,
                     owner=self.owner,
                     limit=want,
@@ -418,7 +366,7 @@ class DeliveryWorker:
         endpoint; returns the ids of those to give back (their endpoints are full)."""
         busy = [delivery.id for delivery in claimed if not self._take(delivery)]
         # Before the tasks just started get to run.
-        self._sign_ahead(claimed, besides=frozenset(busy), now=now)
+        self._signing.sign_ahead(claimed, besides=frozenset(busy), now=now)
         return busy
 
     def _free(self) -> int:
@@ -437,7 +385,7 @@ class DeliveryWorker:
             (DeliveryState.DEAD, batch.dead),
         ):
             for delivery in deliveries:
-                self._recorded[state].inc()
+                self._recorder.count(state)
                 with log_context(
                     delivery_id=delivery.id,
                     message_id=delivery.message_id,
@@ -541,7 +489,7 @@ class DeliveryWorker:
         """Gives back deliveries whose endpoint is busy, without an attempt: they stay due,
         for this worker once a slot frees or for another replica now."""
         try:
-            await self._store_call(self._store.unclaim, ids=ids, owner=self.owner)
+            await store_call(self._store, self._store.unclaim, ids=ids, owner=self.owner)
         except StoreUnavailable:
             self._outage.failed("giving back deliveries")  # their leases expire instead
 
@@ -565,16 +513,6 @@ class DeliveryWorker:
             self._claim_size = max(self._claim_size, min(room, self._limits.claim_batch))
             self._wake.set()
         self._note_room()
-
-    async def _store_call(self, call: Callable[..., _T], /, **kwargs: Any) -> _T:
-        """Runs a store method: in a thread for a database server, here for SQLite.
-
-        SQLite answers in well under a millisecond of CPU and a thread would only trade
-        that for contention on the GIL with the HTTP work of this loop.
-        """
-        if self._store.in_process:
-            return call(**kwargs)
-        return await asyncio.to_thread(call, **kwargs)
 
     async def _idle(self, seconds: float | None = None) -> bool:
         """Waits for `wake` (or `stop`), at most `seconds` (the poll interval by default);
@@ -619,9 +557,7 @@ class DeliveryWorker:
                     if completion.next_attempt_time is None
                     else f", next attempt at {completion.next_attempt_time.isoformat()}",
                 )
-        self._results.put_nowait(completion)
-        if self._results.qsize() >= self._limits.flush_batch:
-            self._batch_full.set()
+        self._recorder.put(completion)
 
     def _span(self, delivery: ClaimedDelivery) -> contextlib.AbstractContextManager[Span | None]:
         if not tracing_enabled():
@@ -655,13 +591,13 @@ class DeliveryWorker:
                 next_time=None,
                 endpoint_failed=None,
             )
-        body, headers = await self._signed(delivery, route, started)
+        body, headers = await self._signing.signed(delivery, route, started)
         result = await self._sender.send(route.url, body=body, headers=headers)
         self._metrics.attempt(result.status_code, result.latency)
         outcome = classify(result.status_code, result.error)
         state, next_time = self._next_state(outcome, number, result.retry_after)
         if outcome is AttemptOutcome.DISABLE:
-            await self._disable_quietly(
+            await self._recorder.disable_quietly(
                 delivery.subscription_id, "the endpoint answered 410 Gone", kind="gone"
             )
         return self._completion(
@@ -676,68 +612,6 @@ class DeliveryWorker:
             next_time=next_time,
             endpoint_failed=outcome is not AttemptOutcome.SUCCESS,
         )
-
-    async def _signed(
-        self, delivery: ClaimedDelivery, route: Route, now: datetime
-    ) -> tuple[bytes, dict[str, str]]:
-        signature = await self._signature(delivery, route.signature_algorithm, now)
-        body = build_body(delivery.payload, signature.value_b64)
-        headers = delivery_headers(
-            message_id=delivery.message_id,
-            timestamp=int(now.timestamp()),
-            body=body,
-            signature=signature,
-            secret=route.secret,
-            user_agent=self._user_agent,
-        )
-        return body, headers
-
-    async def _signature(
-        self, delivery: ClaimedDelivery, algorithm: SignatureAlgorithm, now: datetime
-    ) -> Signature:
-        """The signature of `delivery`'s payload: made here, or made ahead, or reused from
-        another delivery of its event made a moment ago."""
-        key = (delivery.tenant, delivery.message_id, algorithm)
-        made = self._made_signature(key, now)
-        if made is not None:
-            return made
-        if algorithm is SignatureAlgorithm.RSA_PKCS1_SHA256:
-            # RSA signs ten times slower than ECDSA but releases the GIL: keep it off the loop.
-            signature = await asyncio.to_thread(self._signer.sign, delivery.payload, algorithm)
-        else:
-            signature = self._signer.sign(delivery.payload, algorithm)
-        self._keep_signature(key, signature, now)
-        return signature
-
-    def _sign_ahead(
-        self, claimed: list[ClaimedDelivery], *, besides: frozenset[str], now: datetime
-    ) -> None:
-        """Signs the ECDSA deliveries of a claim one after another, except `besides`.
-
-        Signed each in its own task, between the HTTP work of dozens of others, a signature
-        took nearly twice the CPU time it takes in a row (caches gone cold in between)."""
-        for delivery in claimed:
-            route = self._routes.route(delivery.subscription_id)
-            if (
-                delivery.id in besides
-                or route is None
-                or route.signature_algorithm is not SignatureAlgorithm.ECDSA_P256_SHA256
-            ):
-                continue
-            key = (delivery.tenant, delivery.message_id, route.signature_algorithm)
-            if self._made_signature(key, now) is None:
-                signature = self._signer.sign(delivery.payload, route.signature_algorithm)
-                self._keep_signature(key, signature, now)
-
-    def _made_signature(self, key: _SignatureKey, now: datetime) -> Signature | None:
-        """The signature made for `key` less than `_SIGNATURE_REUSE` ago, if any."""
-        made = self._signatures.get(key)
-        return made[0] if made is not None and now - made[1] < _SIGNATURE_REUSE else None
-
-    def _keep_signature(self, key: _SignatureKey, signature: Signature, now: datetime) -> None:
-        if len(self._signatures) >= _MAX_SIGNATURES:
-            self._signatures.clear()
-        self._signatures[key] = (signature, now)
 
     def _next_state(
         self, outcome: AttemptOutcome, number: int, retry_after_header: str | None
@@ -786,89 +660,3 @@ class DeliveryWorker:
             next_attempt_time=next_time,
             endpoint_failed=endpoint_failed,
         )
-
-    async def _flush_loop(self) -> None:
-        while True:
-            first = await self._results.get()
-            if self._results.qsize() + 1 < self._limits.flush_batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_full.wait(), self._limits.flush_interval)
-            self._batch_full.clear()
-            batch = [first]
-            while not self._results.empty() and len(batch) < self._limits.flush_batch:
-                batch.append(self._results.get_nowait())
-            await self._record(batch)
-
-    async def _flush_all(self, *, give_up_at: float) -> None:
-        batch: list[Completion] = []
-        while not self._results.empty():
-            batch.append(self._results.get_nowait())
-        if batch:
-            await self._record(batch, give_up_at=give_up_at)
-
-    async def _record(self, batch: list[Completion], *, give_up_at: float | None = None) -> None:
-        """Records `batch`, retrying while the database is away (until `give_up_at`, a
-        `time.monotonic()` value, if given)."""
-        delay = FIRST_RECORD_DELAY_SECONDS
-        while True:
-            try:
-                failing = await self._store_call(
-                    self._store.complete, completions=batch, owner=self.owner, now=self._clock()
-                )
-                break
-            except StoreUnavailable:
-                # Keep the results: the receiver has them already; recording them late
-                # beats sending them again after the lease runs out.
-                self._outage.failed("recording attempts")
-                if give_up_at is not None and time.monotonic() + delay > give_up_at:
-                    log.warning(
-                        "%d attempts not recorded: their deliveries will be sent again", len(batch)
-                    )
-                    return
-                log.debug("recording %d attempts again in %.2fs", len(batch), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RECORD_DELAY_SECONDS)
-            except Exception:
-                # Retrying what fails for another reason would hold up every later batch;
-                # these deliveries are sent again once their leases run out.
-                log.exception("could not record %d attempts", len(batch))
-                return
-        self._outage.ended()
-        for completion in batch:
-            self._recorded[completion.state].inc()
-        for health in failing:
-            await self._maybe_disable(health)
-
-    async def _maybe_disable(self, health: EndpointHealth) -> None:
-        policy = self._disable_policy
-        route = self._routes.route(health.subscription_id)
-        if route is None or not route.enabled:
-            return  # disabled already (by us, a moment ago, or by its owner) or gone
-        if policy is None or not should_disable(
-            policy,
-            consecutive_failures=health.consecutive_failures,
-            first_failure_at=health.first_failure_time,
-            now=self._clock(),
-        ):
-            return
-        await self._disable_quietly(
-            health.subscription_id,
-            f"{health.consecutive_failures} failed attempts in a row since "
-            f"{health.first_failure_time.isoformat(timespec='seconds')}",
-            kind="failing",
-        )
-
-    async def _disable_quietly(self, subscription_id: str, reason: str, *, kind: str) -> None:
-        if subscription_id in self._disabling:
-            return  # several deliveries' answers agree at once: one disable is enough
-        self._disabling.add(subscription_id)
-        try:
-            await self._disable(subscription_id, reason)
-            self._metrics.subscriptions_disabled.labels(kind).inc()
-            # The run of failures ends with the disable: enabled again, the endpoint
-            # starts from a clean count rather than one failure away from the threshold.
-            await self._store_call(self._store.forget_endpoint, subscription_id=subscription_id)
-        except Exception:
-            log.exception("could not disable subscription %s (%s)", subscription_id, reason)
-        finally:
-            self._disabling.discard(subscription_id)

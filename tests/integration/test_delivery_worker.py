@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from dispatcher_service.database import create_engine, migrate
+from dispatcher_service.delivery_signer import Signer
 from dispatcher_service.domain import (
     Attempt,
     ClaimedBatch,
@@ -28,7 +29,7 @@ from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
 from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
 from dispatcher_service.store import DeliveryStore
-from dispatcher_service.worker import DeliveryWorker, Sender, Signer, WorkerLimits
+from dispatcher_service.worker import DeliveryWorker, Sender, WorkerLimits
 from service_common.errors import StoreUnavailable
 from tests.integration.conftest import eventually
 from webhook_receiver import verify_signature
