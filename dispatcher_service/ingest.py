@@ -335,10 +335,15 @@ class _GroupCommit:
                 worker.withdraw(offer)
             raise
         if worker is not None:
-            if offer is not None:
-                await worker.accept(offer, ingested.handed_off)
             if ingested.due:
                 worker.wake(ingested.due)
+            if offer is not None:
+                try:
+                    await worker.accept(offer, ingested.handed_off)
+                except Exception:
+                    # Stored is stored: the events are acknowledged all the same, and what
+                    # was handed off is sent once its lease runs out.
+                    log.exception("handing %d deliveries over failed", len(ingested.handed_off))
         return ingested
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,9 +18,11 @@ from dispatcher_service.delivery_signer import Signer
 from dispatcher_service.domain import (
     Attempt,
     ClaimedBatch,
+    ClaimedDelivery,
     Completion,
     DeliveryQuery,
     DeliveryState,
+    HandOff,
     PreparedEvent,
     Target,
 )
@@ -435,3 +437,41 @@ async def test_what_is_handed_to_a_stopping_worker_is_given_back_unsent(
     )
     assert [(d.message_id, d.attempt_count) for d in claimed.deliveries] == [("late", 0)]
     assert claimed.interrupted == []
+
+
+class BrokenWorker:
+    """Takes every delivery offered, then fails to start them."""
+
+    def offer(self, targets: Sequence[Target]) -> HandOff | None:
+        counts: dict[str, int] = {}
+        for target in targets:
+            counts[target.subscription_id] = counts.get(target.subscription_id, 0) + 1
+        return HandOff(
+            owner="broken", lease_expires=datetime.now(UTC) + timedelta(minutes=1), counts=counts
+        )
+
+    async def accept(self, offer: HandOff, deliveries: list[ClaimedDelivery]) -> None:
+        raise RuntimeError("a bug")
+
+    def withdraw(self, offer: HandOff) -> None:
+        raise AssertionError("the events were stored")
+
+    def wake(self, subscription_ids: Collection[str] = ()) -> None:
+        raise AssertionError("nothing was left for claims")
+
+
+async def test_events_stored_are_acknowledged_even_when_handing_them_over_fails(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DeliveryStore(engine)
+    outcomes = await _GroupCommit(store, worker=BrokenWorker()).ingest(
+        [prepared("kept", ENDPOINT)], now=datetime.now(UTC)
+    )
+    assert [(o.message_id, o.duplicate) for o in outcomes] == [("kept", False)]
+    assert "handing 1 deliveries over failed" in caplog.text
+    # Leased to the worker that failed: sent by whoever claims it once the lease runs out.
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    claimed = store.claim(
+        owner="other", limit=5, now=later, lease=timedelta(minutes=1), max_attempts=3
+    )
+    assert [d.message_id for d in claimed.deliveries] == ["kept"]
