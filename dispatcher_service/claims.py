@@ -1,14 +1,7 @@
-"""The statement that claims due deliveries, per backend.
+"""The statement that claims due deliveries, for either database; how it locks the rows
+it takes is theirs to say (see `queue_postgres` and `queue_sqlite`).
 
-PostgreSQL: `FOR UPDATE SKIP LOCKED` lets any number of dispatchers claim from one
-table at once, each taking rows the others have not locked.
-
-SQLite: SQLAlchemy would silently drop `SKIP LOCKED`, so SQLite gets its own claim. It
-needs none: one UPDATE statement holds the database's single write lock from the
-moment it reads the due rows to the moment it sets their lease, so two processes can
-never claim the same row.
-
-Both: a due row that still has a lease had it run out (its worker was killed or stalled
+A due row that still has a lease had it run out (its worker was killed or stalled
 before recording an answer). The claim leaves such a row's `claim_time` as it was, and
 says so, so that the store can record the attempt cut short in the same transaction;
 rows never claimed, or given back, cost nothing more than a CASE and a comparison.
@@ -42,10 +35,11 @@ def _due() -> sa.Select[Any]:
 
 @functools.cache
 def claim_statement(
-    dialect: str, *, excluding: bool = False, after: bool = False, only: bool = False
+    *, skip_locked: bool, excluding: bool = False, after: bool = False, only: bool = False
 ) -> sa.Update:
     """UPDATE ... RETURNING that leases up to `:limit` deliveries due at `:now` to
-    `:owner` until `:lease_until`, oldest due first. Variants:
+    `:owner` until `:lease_until`, oldest due first. `skip_locked`: the due rows are read
+    FOR UPDATE SKIP LOCKED, for a database where claims run side by side. Variants:
 
     `excluding`: none of the subscriptions `:excluded`;
     `after`: only those due after `:after`, a range of the due index rather than all of
@@ -55,7 +49,7 @@ def claim_statement(
     Returns what sending needs, payload included, in one statement: the id, tenant,
     subscription_id, message_id, message_type, url, attempt_count, payload and due time
     (next_attempt_time) of each; then whether its lease had run out (its claim_time is
-    then left as the lost lease's, not set to `:now`). Built once per backend and
+    then left as the lost lease's, not set to `:now`). Built once per locking and
     variant, parameters bound."""
     now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
     claim_time = col(DeliveryRow.claim_time)
@@ -72,7 +66,7 @@ def claim_statement(
             > sa.bindparam("after", type_=sa.DateTime(timezone=True))
         )
     due = due.limit(sa.bindparam("limit", type_=sa.Integer))
-    if dialect == "postgresql":
+    if skip_locked:
         due = due.with_for_update(skip_locked=True)
     return (
         sa.update(DeliveryRow)

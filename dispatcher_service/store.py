@@ -1,28 +1,25 @@
-"""Persistence of events, deliveries and attempts: the only dispatcher module that speaks SQL.
+"""Persistence of events, deliveries and attempts: all the dispatcher stores goes through here.
 
-Every method is synchronous and runs in a worker thread; database failures leave as
-`StoreUnavailable`, so callers answer UNAVAILABLE and never acknowledge what was not stored.
+What differs between SQLite and PostgreSQL is the backend's (see `queue_backend`); what
+operators read and replay is in `delivery_queries`. Every method is synchronous and runs
+in a worker thread; database failures leave as `StoreUnavailable`, so callers answer
+UNAVAILABLE and never acknowledge what was not stored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
-import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from dispatcher_service.claims import claim_statement
+from dispatcher_service import delivery_queries, ingest_rows
+from dispatcher_service.delivery_queries import DeliveryCursor
 from dispatcher_service.domain import (
-    DUE_STATES,
     Attempt,
     ClaimedBatch,
     ClaimedDelivery,
@@ -33,24 +30,18 @@ from dispatcher_service.domain import (
     EndpointHealth,
     HandOff,
     Ingested,
-    IngestOutcome,
     PreparedEvent,
     QueueStats,
 )
-from dispatcher_service.models import (
-    DUE_CONDITION,
-    AttemptRow,
-    DeliveryRow,
-    EndpointHealthRow,
-    EventRow,
-)
+from dispatcher_service.models import AttemptRow, DeliveryRow, EndpointHealthRow
+from dispatcher_service.queue_backend import QueueBackend, as_document
+from dispatcher_service.queue_postgres import PostgresQueue
+from dispatcher_service.queue_sqlite import SQLiteQueue
 from dispatcher_service.retry import after_interruption
 from service_common.database import as_utc, unavailable_on_database_errors
-from service_common.errors import NotFound
 
 __all__ = ["DeliveryCursor", "DeliveryStore"]
 
-_EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 _DELIVERIES = DeliveryRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = AttemptRow.__table__  # type: ignore[attr-defined]
 _HEALTH = EndpointHealthRow.__table__  # type: ignore[attr-defined]
@@ -58,7 +49,6 @@ _HEALTH = EndpointHealthRow.__table__  # type: ignore[attr-defined]
 
 # Built once: a cached statement costs a fraction of building one per call.
 _NOW = sa.bindparam("now", type_=sa.DateTime(timezone=True))
-_LEASE_EXPIRES = sa.bindparam("lease_expires", type_=sa.DateTime(timezone=True))
 _COMPLETE = (
     sa.update(_DELIVERIES)
     .where(
@@ -120,57 +110,11 @@ _FORGET_HEALTH = sa.delete(_HEALTH).where(
 _INSERT_ATTEMPTS = sa.insert(_ATTEMPTS)
 
 
-# A batch goes in as one JSON document of rows: one short statement for any number of
-# rows, with no per-row work in Python (a multi-row VALUES is parsed anew for each batch
-# size, an executemany converts every value on its own).
-_INSERT_EVENTS = {
-    "postgresql": sa.text(
-        "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
-        "SELECT id, tenant, message_id, message_type, payload, :now "
-        "FROM json_to_recordset(CAST(:rows AS json)) "
-        "AS t (id text, tenant text, message_id text, message_type text, payload text) "
-        "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
-    ).bindparams(_NOW),
-    # SQLite needs the WHERE to tell the upsert's ON from a join's.
-    "sqlite": sa.text(
-        "INSERT INTO events (id, tenant, message_id, message_type, payload, create_time) "
-        "SELECT json_extract(value, '$.id'), json_extract(value, '$.tenant'), "
-        "json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
-        "json_extract(value, '$.payload'), :now FROM json_each(:rows) WHERE true "
-        "ON CONFLICT (tenant, message_id) DO NOTHING RETURNING tenant, message_id"
-    ).bindparams(_NOW),
+# The backend of each database the store runs on.
+_BACKENDS: dict[str, Callable[[], QueueBackend]] = {
+    "postgresql": PostgresQueue,
+    "sqlite": SQLiteQueue,
 }
-_INSERT_DELIVERIES = {
-    "postgresql": sa.text(
-        "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
-        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time, "
-        "lease_owner, lease_expires, claim_time) "
-        "SELECT id, event_id, tenant, subscription_id, message_id, message_type, url, "
-        ":state, 0, :now, :now, :now, CASE WHEN leased THEN CAST(:owner AS text) END, "
-        "CASE WHEN leased THEN :lease_expires END, CASE WHEN leased THEN :now END "
-        "FROM json_to_recordset(CAST(:rows AS json)) AS t (id text, event_id text, "
-        "tenant text, subscription_id text, message_id text, message_type text, url text, "
-        "leased boolean)"
-    ).bindparams(_NOW, _LEASE_EXPIRES),
-    "sqlite": sa.text(
-        "INSERT INTO deliveries (id, event_id, tenant, subscription_id, message_id, "
-        "message_type, url, state, attempt_count, next_attempt_time, create_time, update_time, "
-        "lease_owner, lease_expires, claim_time) "
-        "SELECT json_extract(value, '$.id'), json_extract(value, '$.event_id'), "
-        "json_extract(value, '$.tenant'), json_extract(value, '$.subscription_id'), "
-        "json_extract(value, '$.message_id'), json_extract(value, '$.message_type'), "
-        "json_extract(value, '$.url'), :state, 0, :now, :now, :now, "
-        "CASE WHEN json_extract(value, '$.leased') THEN :owner END, "
-        "CASE WHEN json_extract(value, '$.leased') THEN :lease_expires END, "
-        "CASE WHEN json_extract(value, '$.leased') THEN :now END FROM json_each(:rows)"
-    ).bindparams(_NOW, _LEASE_EXPIRES),
-}
-
-
-def _as_document(rows: Sequence[Mapping[str, object]], *, now: datetime) -> dict[str, object]:
-    """The parameters of the statements above for `rows` (all created at `now`); the
-    rows hold the text columns, the statements set the rest."""
-    return {"rows": orjson.dumps(rows).decode(), "now": now, "state": DeliveryState.PENDING.value}
 
 
 @dataclass
@@ -181,61 +125,28 @@ class _Run:
     reset: bool = False
 
 
-@dataclass(frozen=True)
-class DeliveryCursor:
-    """Where a page of deliveries (newest first) ends."""
-
-    create_time: datetime
-    id: str
-
-
-def _new_ids(prefix: str, count: int) -> list[str]:
-    """`count` unique ids that sort by creation time, as UUIDv7s do: 48 bits of unix
-    milliseconds, then 80 random bits. New rows then land at the end of the primary
-    key's index instead of on a random page each, which keeps commits small."""
-    stamp = f"{prefix}_{time.time_ns() // 1_000_000:012x}"
-    random = os.urandom(10 * count).hex()  # one system call for the whole batch
-    return [stamp + random[20 * i : 20 * (i + 1)] for i in range(count)]
-
-
-def _utc_or_none(moment: datetime | None) -> datetime | None:
-    return None if moment is None else as_utc(moment)
-
-
 class DeliveryStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect.name
-        # SQLite has one writer at a time. Threads of this process queue on a lock of
-        # their own rather than in SQLite's busy handler, which polls with sleeps of up
-        # to 100 ms; other processes still wait in the busy handler.
-        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+        self._backend = _BACKENDS[engine.dialect.name]()
 
     @property
     def in_process(self) -> bool:
         """Whether calls run inside this process (SQLite) rather than wait on a server."""
-        return self._write_lock is not None
+        return self._backend.in_process
 
     @contextlib.contextmanager
     def _writing(self, *, durable: bool = True) -> Iterator[sa.Connection]:
         """A write transaction, committed on leaving the block.
 
-        `durable=False` is for the worker's bookkeeping (leases, attempts): on SQLite its
-        commit skips the fsync, so a power cut may take back the last of them, which
-        costs a repeated delivery, never a lost one. The next durable commit (an
-        ingestion) makes them durable too, as SQLite's log is written in order.
+        `durable=False` is for the worker's bookkeeping (leases, attempts): a power cut
+        may take back the last of them, which costs a repeated delivery, never a lost one.
         """
-        with contextlib.ExitStack() as stack:
-            if self._write_lock is not None:
-                stack.enter_context(self._write_lock)
-            connection = stack.enter_context(self._engine.connect())
-            if self._dialect == "sqlite":
-                # A setting of the connection, made before its transaction begins.
-                connection.connection.driver_connection.execute(  # type: ignore[union-attr]
-                    "PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL"
-                )
-            with connection.begin():
-                yield connection
+        with (
+            self._backend.writing(self._engine, durable=durable) as connection,
+            connection.begin(),
+        ):
+            yield connection
 
     @unavailable_on_database_errors
     def ingest(
@@ -250,23 +161,16 @@ class DeliveryStore:
         first_of: dict[tuple[str, str], PreparedEvent] = {}
         for event in events:
             first_of.setdefault((event.tenant, event.message_id), event)
-        ids = dict(zip(first_of, _new_ids("evt", len(first_of)), strict=True))
+        ids = dict(zip(first_of, ingest_rows.new_ids("evt", len(first_of)), strict=True))
         with self._writing() as connection:
             inserted = self._insert_events(connection, first_of, ids, now=now)
             fresh = [(ids[key], event) for key, event in first_of.items() if key in inserted]
-            handed_off, due = self._insert_deliveries(connection, fresh, now=now, hand_off=hand_off)
-        outcomes: list[IngestOutcome] = []
-        for event in events:
-            key = (event.tenant, event.message_id)
-            stored = key in inserted and first_of[key] is event
-            outcomes.append(
-                IngestOutcome(
-                    message_id=event.message_id,
-                    duplicate=not stored,
-                    deliveries=len(event.targets) if stored else 0,
-                )
-            )
-        return Ingested(outcomes=outcomes, handed_off=handed_off, due=due)
+            new = self._insert_deliveries(connection, fresh, now=now, hand_off=hand_off)
+        return Ingested(
+            outcomes=ingest_rows.outcomes(events, first_of, inserted),
+            handed_off=new.handed_off,
+            due=new.due,
+        )
 
     def _insert_deliveries(
         self,
@@ -275,59 +179,20 @@ class DeliveryStore:
         *,
         now: datetime,
         hand_off: HandOff | None,
-    ) -> tuple[list[ClaimedDelivery], set[str]]:
+    ) -> ingest_rows.NewDeliveries:
         """Inserts the deliveries of `events` (event id, event), leasing those `hand_off`
-        asks for; returns those leased and the subscriptions of the others."""
-        left = dict(hand_off.counts) if hand_off is not None else {}
-        rows: list[dict[str, object]] = []
-        handed_off: list[ClaimedDelivery] = []
-        due: set[str] = set()
-        targets = [
-            (event_id, event, target) for event_id, event in events for target in event.targets
-        ]
-        for (event_id, event, target), delivery_id in zip(
-            targets, _new_ids("dlv", len(targets)), strict=True
-        ):
-            leased = left.get(target.subscription_id, 0) > 0
-            rows.append(
-                {
-                    "id": delivery_id,
-                    "event_id": event_id,
-                    "tenant": event.tenant,
-                    "subscription_id": target.subscription_id,
-                    "message_id": event.message_id,
-                    "message_type": event.message_type,
-                    "url": target.url,
-                    "leased": leased,
-                }
-            )
-            if not leased:
-                due.add(target.subscription_id)
-                continue
-            left[target.subscription_id] -= 1
-            handed_off.append(
-                ClaimedDelivery(
-                    id=delivery_id,
-                    tenant=event.tenant,
-                    subscription_id=target.subscription_id,
-                    message_id=event.message_id,
-                    message_type=event.message_type,
-                    url=target.url,
-                    attempt_count=0,
-                    payload=event.payload,
-                    due_time=now,
-                )
-            )
-        if rows:
+        asks for."""
+        new = ingest_rows.delivery_rows(events, now=now, hand_off=hand_off)
+        if new.rows:
             connection.execute(
-                _INSERT_DELIVERIES[self._dialect],
+                self._backend.insert_deliveries,
                 {
-                    **_as_document(rows, now=now),
+                    **as_document(new.rows, now=now),
                     "owner": None if hand_off is None else hand_off.owner,
                     "lease_expires": None if hand_off is None else hand_off.lease_expires,
                 },
             )
-        return handed_off, due
+        return new
 
     def _insert_events(
         self,
@@ -337,23 +202,13 @@ class DeliveryStore:
         *,
         now: datetime,
     ) -> set[tuple[str, str]]:
+        """Inserts `events` under `ids`; returns the keys of those not stored already."""
         if not events:
             return set()
-        rows = [
-            {
-                "id": ids[key],
-                "tenant": event.tenant,
-                "message_id": event.message_id,
-                "message_type": event.message_type,
-                "payload": event.payload,
-            }
-            for key, event in events.items()
-        ]
+        document = as_document(ingest_rows.event_rows(events, ids), now=now)
         return {
             (tenant, message_id)
-            for tenant, message_id in connection.execute(
-                _INSERT_EVENTS[self._dialect], _as_document(rows, now=now)
-            )
+            for tenant, message_id in connection.execute(self._backend.insert_events, document)
         }
 
     @unavailable_on_database_errors
@@ -391,8 +246,7 @@ class DeliveryStore:
             parameters["after"] = due_after
         if only is not None:
             parameters["only"] = only
-        statement = claim_statement(
-            self._dialect,
+        statement = self._backend.claim_statement(
             excluding=bool(excluded),
             after=due_after is not None,
             only=only is not None,
@@ -541,25 +395,13 @@ class DeliveryStore:
         if healthy:
             connection.execute(_FORGET_HEALTH, {"subscription_ids": healthy})
         failing = []
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         for subscription_id, run in runs.items():
             if not run.failures:
                 continue
-            statement = insert(_HEALTH).values(
-                subscription_id=subscription_id,
-                consecutive_failures=run.failures,
-                first_failure_time=now,
-            )
             # After a success in this batch the run starts again; otherwise it goes on.
-            new_run = (
-                {"consecutive_failures": run.failures, "first_failure_time": now}
-                if run.reset
-                else {"consecutive_failures": _HEALTH.c.consecutive_failures + run.failures}
-            )
             row = connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["subscription_id"], set_=new_run
-                ).returning(_HEALTH.c.consecutive_failures, _HEALTH.c.first_failure_time)
+                self._backend.upsert_health(restart=run.reset),
+                {"subscription": subscription_id, "failures": run.failures, "now": now},
             ).one()
             failing.append(
                 EndpointHealth(
@@ -597,129 +439,49 @@ class DeliveryStore:
     @unavailable_on_database_errors
     def get(self, delivery_id: str, *, tenant: str | None) -> Delivery:
         with self._engine.connect() as connection:
-            row = (
-                connection.execute(sa.select(_DELIVERIES).where(_DELIVERIES.c.id == delivery_id))
-                .mappings()
-                .first()
-            )
-            if row is None or (tenant is not None and row["tenant"] != tenant):
-                raise NotFound(f"no delivery '{delivery_id}'")
-            attempts = connection.execute(
-                sa.select(_ATTEMPTS)
-                .where(_ATTEMPTS.c.delivery_id == delivery_id)
-                .order_by(_ATTEMPTS.c.number)
-            ).mappings()
-            return _delivery(row, attempts=tuple(_attempt(a) for a in attempts))
+            return delivery_queries.get(connection, delivery_id, tenant=tenant)
 
     @unavailable_on_database_errors
     def page(
         self, query: DeliveryQuery, *, after: DeliveryCursor | None
     ) -> tuple[list[Delivery], DeliveryCursor | None]:
-        statement = sa.select(_DELIVERIES).order_by(
-            _DELIVERIES.c.create_time.desc(), _DELIVERIES.c.id.desc()
-        )
-        if query.tenant is not None:
-            statement = statement.where(_DELIVERIES.c.tenant == query.tenant)
-        if query.subscription_id is not None:
-            statement = statement.where(_DELIVERIES.c.subscription_id == query.subscription_id)
-        if query.message_id is not None:
-            statement = statement.where(_DELIVERIES.c.message_id == query.message_id)
-        if query.state is not None:
-            statement = statement.where(_DELIVERIES.c.state == query.state.value)
-        if after is not None:
-            statement = statement.where(
-                sa.or_(
-                    _DELIVERIES.c.create_time < after.create_time,
-                    sa.and_(
-                        _DELIVERIES.c.create_time == after.create_time,
-                        _DELIVERIES.c.id < after.id,
-                    ),
-                )
-            )
         with self._engine.connect() as connection:
-            rows = list(connection.execute(statement.limit(query.page_size + 1)).mappings())
-        found = [_delivery(row) for row in rows[: query.page_size]]
-        more = len(rows) > query.page_size
-        return found, (DeliveryCursor(found[-1].create_time, found[-1].id) if more else None)
+            return delivery_queries.page(connection, query, after=after)
 
     @unavailable_on_database_errors
     def redeliver_event(
         self, *, tenant: str | None, message_id: str, subscription_id: str | None, now: datetime
     ) -> list[str]:
         """Schedules every delivery of one event (or of one subscription) for now."""
-        where = [_DELIVERIES.c.message_id == message_id]
-        if tenant is not None:
-            where.append(_DELIVERIES.c.tenant == tenant)
-        if subscription_id is not None:
-            where.append(_DELIVERIES.c.subscription_id == subscription_id)
-        ids = self._reschedule(where, now=now)
-        if not ids:
-            raise NotFound(f"no deliveries of event '{message_id}'")
-        return ids
+        with self._writing() as connection:
+            return delivery_queries.redeliver_event(
+                connection,
+                tenant=tenant,
+                message_id=message_id,
+                subscription_id=subscription_id,
+                now=now,
+            )
 
     @unavailable_on_database_errors
     def redeliver_failed(
         self, *, tenant: str | None, subscription_id: str, since: datetime, now: datetime
     ) -> list[str]:
         """Schedules every failed or dead delivery of a subscription created since `since`."""
-        where = [
-            _DELIVERIES.c.subscription_id == subscription_id,
-            _DELIVERIES.c.create_time >= since,
-            sa.or_(
-                _DELIVERIES.c.state == DeliveryState.DEAD.value,
-                sa.and_(
-                    _DELIVERIES.c.state == DeliveryState.RETRYING.value,
-                    _DELIVERIES.c.attempt_count > 0,
-                ),
-            ),
-        ]
-        if tenant is not None:
-            where.append(_DELIVERIES.c.tenant == tenant)
-        return self._reschedule(where, now=now)
-
-    def _reschedule(self, where: list[sa.ColumnElement[bool]], *, now: datetime) -> list[str]:
-        # Deliveries a worker holds right now are left to it: they are being sent already.
-        # A lease that ran out stays, so the next claim records the attempt it cut short.
-        not_in_flight = sa.or_(
-            _DELIVERIES.c.lease_expires.is_(None), _DELIVERIES.c.lease_expires < now
-        )
         with self._writing() as connection:
-            rows = connection.execute(
-                sa.update(_DELIVERIES)
-                .where(*where, not_in_flight)
-                .values(state=DeliveryState.PENDING.value, next_attempt_time=now, update_time=now)
-                .returning(_DELIVERIES.c.id)
+            return delivery_queries.redeliver_failed(
+                connection, tenant=tenant, subscription_id=subscription_id, since=since, now=now
             )
-            return [row[0] for row in rows]
 
     @unavailable_on_database_errors
     def queue_stats(self, *, now: datetime) -> QueueStats:
         """What waits to be sent, read through the partial index of due deliveries."""
-        due = sa.text(DUE_CONDITION)
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(_DELIVERIES.c.state, sa.func.count())
-                .where(due)
-                .group_by(_DELIVERIES.c.state)
-            )
-            depth: dict[str, int] = dict(rows.all())
-            oldest = connection.execute(
-                sa.select(sa.func.min(_DELIVERIES.c.next_attempt_time)).where(
-                    due, _DELIVERIES.c.next_attempt_time <= now
-                )
-            ).scalar()
-        return QueueStats(
-            depth={state: depth.get(state.value, 0) for state in DUE_STATES},
-            oldest_due_time=None if oldest is None else as_utc(oldest),
-        )
+            return delivery_queries.queue_stats(connection, now=now)
 
     @unavailable_on_database_errors
     def counts_by_state(self) -> dict[DeliveryState, int]:
         with self._engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(_DELIVERIES.c.state, sa.func.count()).group_by(_DELIVERIES.c.state)
-            )
-            return {DeliveryState(state): count for state, count in rows}
+            return delivery_queries.counts_by_state(connection)
 
 
 def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, object]:
@@ -733,31 +495,3 @@ def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, object]:
         "error": attempt.error[:1024],
         "response_snippet": attempt.response_snippet[:2048],
     }
-
-
-def _attempt(row: sa.RowMapping) -> Attempt:
-    return Attempt(
-        number=row["number"],
-        start_time=as_utc(row["start_time"]),
-        status_code=row["status_code"],
-        latency_ms=row["latency_ms"],
-        error=row["error"],
-        response_snippet=row["response_snippet"],
-    )
-
-
-def _delivery(row: sa.RowMapping, *, attempts: tuple[Attempt, ...] = ()) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        tenant=row["tenant"],
-        subscription_id=row["subscription_id"],
-        message_id=row["message_id"],
-        message_type=row["message_type"],
-        url=row["url"],
-        state=DeliveryState(row["state"]),
-        attempt_count=row["attempt_count"],
-        next_attempt_time=_utc_or_none(row["next_attempt_time"]),
-        create_time=as_utc(row["create_time"]),
-        update_time=as_utc(row["update_time"]),
-        attempts=attempts,
-    )
