@@ -8,6 +8,7 @@ COPY subscription_service ./subscription_service
 COPY dispatcher_service ./dispatcher_service
 COPY webhook_contracts ./webhook_contracts
 COPY webhook_receiver ./webhook_receiver
+COPY webhook_wire ./webhook_wire
 COPY webhooks_cli ./webhooks_cli
 COPY contracts ./contracts
 # Editable, so the packages find contracts/ beside them as they do in a clone.

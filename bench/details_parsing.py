@@ -28,7 +28,7 @@ import orjson
 
 from dispatcher_service.ingest import MAX_DETAILS_DEPTH
 from webhook_contracts import load_registry
-from webhook_receiver.strict_json import loads
+from webhook_wire.strict_json import loads
 
 MAX_PASSES = 200_000
 

@@ -28,8 +28,9 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from dispatcher_service.signing import KeyRing, SignatureAlgorithm
-from webhook_receiver import payload_as_string
+from dispatcher_service.keyring import KeyRing
+from dispatcher_service.signing import SignatureAlgorithm
+from webhook_wire.canonical import payload_as_string
 
 MAX_CALLS = 200_000
 POOL_THREADS = 2

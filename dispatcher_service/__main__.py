@@ -7,9 +7,9 @@ import sys
 
 from pydantic import ValidationError
 
+from dispatcher_service.keyring import KeyRingError
 from dispatcher_service.server import serve
 from dispatcher_service.settings import DispatcherSettings
-from dispatcher_service.signing import KeyRingError
 from service_common.auth import TokensFileError
 from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging

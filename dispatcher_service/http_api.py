@@ -27,12 +27,12 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from dispatcher_service.domain import IngestOutcome
 from dispatcher_service.ingest import EventUser, IncomingEvent, Ingestor, Rejected
-from dispatcher_service.signing import PUBLIC_KEYS_CACHE_CONTROL, PublicKey, to_jwks
+from dispatcher_service.keyring import PUBLIC_KEYS_CACHE_CONTROL, PublicKey, to_jwks
 from service_common.auth import Caller, Scope, TokenStore, validate_tenant
 from service_common.errors import FieldViolation, InvalidArgument, NotFound, Unauthenticated
 from service_common.http_errors import problem_middleware
 from webhook_contracts import Registry, UnknownMessageType, build_openapi, dotted
-from webhook_receiver import strict_json
+from webhook_wire import strict_json
 
 __all__ = [
     "MAX_BODY_BYTES",

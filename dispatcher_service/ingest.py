@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from dispatcher_service.delivery_queue import DeliveryQueue
 from dispatcher_service.domain import (
     ClaimedDelivery,
     HandOff,
@@ -26,7 +27,6 @@ from dispatcher_service.domain import (
 )
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.rate_limit import TenantRateLimiter
-from dispatcher_service.store import DeliveryStore
 from service_common.auth import Caller, Scope
 from service_common.errors import (
     FieldViolation,
@@ -37,7 +37,8 @@ from service_common.errors import (
 )
 from service_common.logs import log_context
 from webhook_contracts import ContractViolation, Registry, UnknownMessageType, dotted
-from webhook_receiver import payload_as_string, strict_json
+from webhook_wire import strict_json
+from webhook_wire.canonical import payload_as_string
 
 __all__ = [
     "MAX_BATCH_EVENTS",
@@ -134,7 +135,7 @@ class Ingestor:
     def __init__(
         self,
         *,
-        store: DeliveryStore,
+        store: DeliveryQueue,
         registry: Registry,
         routes: RouteSource,
         clock: Callable[[], datetime] = _utc_now,
@@ -267,7 +268,7 @@ class _GroupCommit:
     """
 
     def __init__(
-        self, store: DeliveryStore, *, worker: LocalWorker | None = None, max_events: int = 2000
+        self, store: DeliveryQueue, *, worker: LocalWorker | None = None, max_events: int = 2000
     ) -> None:
         self._store = store
         self._worker = worker

@@ -15,8 +15,9 @@ from datetime import timedelta
 
 from pydantic import ValidationError
 
+from dispatcher_service.keyring import KeyRing, KeyRingError
 from dispatcher_service.settings import DispatcherSettings
-from dispatcher_service.signing import KeyRing, KeyRingError, SignatureAlgorithm
+from dispatcher_service.signing import SignatureAlgorithm
 from service_common.settings import settings_problems
 
 _BY_NAME = {algorithm.jws_name: algorithm for algorithm in SignatureAlgorithm}

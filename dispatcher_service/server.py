@@ -17,13 +17,13 @@ from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.http_api import HttpSite, create_app, start_site
 from dispatcher_service.http_sender import HttpSender, Timeouts
+from dispatcher_service.keyring import KeyRing
 from dispatcher_service.ingest import Ingestor
 from dispatcher_service.metrics import DispatcherMetrics, QueueCollector
 from dispatcher_service.rate_limit import TenantRateLimiter
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
 from dispatcher_service.servicer import DispatcherServicer
 from dispatcher_service.settings import DispatcherSettings
-from dispatcher_service.signing import KeyRing
 from dispatcher_service.ssrf import TargetPolicy
 from dispatcher_service.store import DeliveryStore
 from dispatcher_service.subscription_follower import SubscriptionFollower

@@ -9,24 +9,12 @@ or, with the keys fetched from the platform's JWKS and following its rotations:
     >>> keys = KeySet("https://dispatcher.example/.well-known/jwks.json")
     >>> webhook = verify_webhook(request_body, keys, key_id=headers.get("webhook-key-id"))
 
-The signing side (``payload_as_string``, ``sign_payload`` and the key helpers) is what the
-platform itself uses, so both sides agree by construction.
+The signing side (``payload_as_string``, ``sign_payload`` and the key helpers) comes from
+``webhook_wire``, the wire format the platform itself uses, so both sides agree by construction.
 """
 
-from .canonical import payload_as_string
-from .dedup import Claim, Deduplicator
-from .equality import first_difference, same_json
-from .errors import (
-    ContractViolation,
-    InvalidSignature,
-    KeySetUnavailable,
-    MalformedWebhook,
-    PayloadMismatch,
-    UnknownMessageType,
-    UnknownSigningKey,
-    WebhookRejected,
-)
-from .keys import (
+from webhook_wire.canonical import payload_as_string
+from webhook_wire.keys import (
     PrivateKey,
     PublicKey,
     UnsupportedKey,
@@ -40,8 +28,22 @@ from .keys import (
     public_jwk,
     public_key_pem,
 )
+from webhook_wire.signing import ieee_p1363_signature, sign_payload
+
+from .dedup import Claim, Deduplicator
+from .equality import first_difference, same_json
+from .errors import (
+    ContractViolation,
+    InvalidSignature,
+    KeySetUnavailable,
+    MalformedWebhook,
+    PayloadMismatch,
+    UnknownMessageType,
+    UnknownSigningKey,
+    WebhookRejected,
+)
 from .keyset import AsyncKeySet, KeySet
-from .signing import ieee_p1363_signature, sign_payload, verify_signature
+from .signing import verify_signature
 from .verify import VerifiedWebhook, parse_json, verify_webhook
 from .webhook import build_webhook
 

@@ -34,8 +34,9 @@ from typing import Self
 
 import httpx
 
+from webhook_wire.keys import PublicKey, UnsupportedKey, key_id, load_jwk
+
 from .errors import KeySetUnavailable, UnknownSigningKey
-from .keys import PublicKey, UnsupportedKey, key_id, load_jwk
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",

@@ -15,8 +15,10 @@ from typing import Any
 
 import webhook_contracts
 from webhook_contracts.locations import dotted
+from webhook_wire import strict_json
+from webhook_wire.keys import PublicKey, load_public_key
+from webhook_wire.keys import key_id as thumbprint
 
-from . import strict_json
 from .equality import first_difference
 from .errors import (
     ContractViolation,
@@ -25,8 +27,6 @@ from .errors import (
     UnknownMessageType,
     UnknownSigningKey,
 )
-from .keys import PublicKey, load_public_key
-from .keys import key_id as thumbprint
 from .keyset import AsyncKeySet, KeySet
 from .signing import verify_signature
 

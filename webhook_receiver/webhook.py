@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .canonical import payload_as_string
-from .keys import PrivateKey
-from .signing import sign_payload
+from webhook_wire.canonical import payload_as_string
+from webhook_wire.keys import PrivateKey
+from webhook_wire.signing import sign_payload
 
 __all__ = ["build_webhook"]
 

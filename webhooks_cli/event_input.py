@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from webhook_contracts.locations import dotted
-from webhook_receiver import strict_json
+from webhook_wire import strict_json
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
 __all__ = ["InvalidEvent", "event_of", "json_field_name", "parse_event"]

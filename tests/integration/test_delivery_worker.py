@@ -27,9 +27,10 @@ from dispatcher_service.domain import (
     Target,
 )
 from dispatcher_service.ingest import _GroupCommit
+from dispatcher_service.keyring import KeyRing
 from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
-from dispatcher_service.signing import KeyRing, Signature, SignatureAlgorithm
+from dispatcher_service.signing import Signature, SignatureAlgorithm
 from dispatcher_service.store import DeliveryStore
 from dispatcher_service.worker import DeliveryWorker, Sender, WorkerLimits
 from service_common.errors import StoreUnavailable

@@ -21,8 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dispatcher_service.keyring import KeyRing
 from dispatcher_service.server import RunningDispatcher
-from dispatcher_service.signing import KeyRing, SignatureAlgorithm
+from dispatcher_service.signing import SignatureAlgorithm
 from tests.conftest import Tokens
 from tests.integration.conftest import publish, routed
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_details, claim_event, subscribe
@@ -33,9 +34,9 @@ from webhook_receiver import (
     key_id,
     payload_as_string,
     public_jwk,
+    sign_payload,
 )
 from webhook_receiver.demo import DemoReceiver, create_app, jwks_url, main
-from webhook_receiver.signing import sign_payload
 from webhooks.v1 import dispatcher_service_pb2 as pb
 
 if TYPE_CHECKING:

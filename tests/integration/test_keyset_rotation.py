@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from dispatcher_service.keyring import PUBLIC_KEYS_MAX_AGE_SECONDS
 from dispatcher_service.server import RunningDispatcher
-from dispatcher_service.signing import PUBLIC_KEYS_MAX_AGE_SECONDS, SignatureAlgorithm
+from dispatcher_service.signing import SignatureAlgorithm
 from tests.conftest import Tokens
 from tests.integration.conftest import publish, routed
 from tests.integration.test_dispatcher import CLAIM_CREATED, claim_event, subscribe

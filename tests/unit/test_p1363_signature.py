@@ -11,12 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from dispatcher_service.signing import (
-    P1363_SIGNATURE_HEADER,
-    KeyRing,
-    SignatureAlgorithm,
-    delivery_headers,
-)
+from dispatcher_service.keyring import KeyRing
+from dispatcher_service.signing import P1363_SIGNATURE_HEADER, SignatureAlgorithm, delivery_headers
 from webhook_receiver import ieee_p1363_signature, load_public_key
 
 PAYLOAD = '{"details":{"messageType":"event.note.created.v1"},"messageId":"m-1"}'

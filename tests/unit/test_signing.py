@@ -20,15 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from dispatcher_service.keyring import KeyRing, KeyRingError, PublicKey, to_jwks
 from dispatcher_service.signing import (
-    KeyRing,
-    KeyRingError,
-    PublicKey,
     Signature,
     SignatureAlgorithm,
     delivery_headers,
     standard_webhooks_signature,
-    to_jwks,
 )
 from webhook_receiver import generate_ecdsa_key, key_id, load_public_key, private_key_pem
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook_receiver.strict_json import MAX_DEPTH, JsonRefused, loads
+from webhook_wire.strict_json import MAX_DEPTH, JsonRefused, loads
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
