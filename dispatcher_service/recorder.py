@@ -114,8 +114,11 @@ class AttemptRecorder:
             first = await self._results.get()
             self._holding = 1
             if self._results.qsize() + 1 < self._flush_batch:
+                # Not `wait_for`: on Python 3.11 it swallows a cancellation that comes as
+                # the batch fills up, and the loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_full.wait(), self._flush_interval)
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._batch_full.wait()
             self._holding = 0
             self._batch_full.clear()
             batch = [first]

@@ -328,6 +328,16 @@ SMALL = WorkerLimits(
 )
 
 
+def small_worker(
+    store: DeliveryStore, tmp_path: Path, sender: FakeSender | None = None
+) -> DeliveryWorker:
+    """A worker with `SMALL` limits whose routing table is loaded already."""
+    routes = LateRoutes()
+    routes.ready = True
+    keys = KeyRing.open(tmp_path / "keys")
+    return new_worker(store, routes, sender or FakeSender(), keys, limits=SMALL)
+
+
 async def test_a_worker_takes_from_ingestion_what_starts_at_once_and_keeps_room_for_claims(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -361,10 +371,8 @@ async def test_a_worker_takes_from_ingestion_what_starts_at_once_and_keeps_room_
 async def test_ingestion_hands_new_deliveries_to_its_worker_and_wakes_it_for_the_rest(
     engine: Engine, tmp_path: Path
 ) -> None:
-    store = ClaimCountingStore(engine)
-    routes, sender = LateRoutes(), FakeSender()
-    routes.ready = True
-    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    store, sender = ClaimCountingStore(engine), FakeSender()
+    worker = small_worker(store, tmp_path, sender)
     writer = _GroupCommit(store, worker=worker)
     worker.start()
     try:
@@ -401,10 +409,8 @@ class UnavailableStore(DeliveryStore):
 async def test_the_room_offered_to_an_ingestion_that_fails_is_free_again(
     engine: Engine, tmp_path: Path
 ) -> None:
-    routes = LateRoutes()
-    routes.ready = True
     store = UnavailableStore(engine)
-    worker = new_worker(store, routes, FakeSender(), KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    worker = small_worker(store, tmp_path)
     worker.start()
     try:
         with pytest.raises(StoreUnavailable):
@@ -421,10 +427,8 @@ async def test_the_room_offered_to_an_ingestion_that_fails_is_free_again(
 async def test_what_is_handed_to_a_stopping_worker_is_given_back_unsent(
     engine: Engine, tmp_path: Path
 ) -> None:
-    store = DeliveryStore(engine)
-    routes, sender = LateRoutes(), FakeSender()
-    routes.ready = True
-    worker = new_worker(store, routes, sender, KeyRing.open(tmp_path / "keys"), limits=SMALL)
+    store, sender = DeliveryStore(engine), FakeSender()
+    worker = small_worker(store, tmp_path, sender)
     worker.start()
     offer = worker.offer([ENDPOINT])
     assert offer is not None

@@ -210,6 +210,22 @@ async def test_a_batch_filling_up_while_the_window_is_open_is_recorded_at_once()
     assert store.batches == [["d1", "d2", "d3"]]
 
 
+async def test_a_recorder_cancelled_as_its_batch_fills_up_stops() -> None:
+    store = FakeStore()
+    attempts = new_recorder(store, flush_interval=LONG, flush_batch=3)
+    task = await running(attempts)
+    attempts.put(completion("d1"))
+    await asyncio.sleep(0.02)  # taken: the window opens
+    # The batch fills up and the recorder is cancelled in the same turn of the loop.
+    attempts.put(completion("d2"))
+    attempts.put(completion("d3"))
+    task.cancel()
+
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done == {task}
+    assert task.cancelled()
+
+
 async def test_recorded_attempts_are_counted_by_the_state_they_left() -> None:
     metrics = DispatcherMetrics()
     attempts = new_recorder(FakeStore(), metrics=metrics)
