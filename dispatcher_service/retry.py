@@ -21,12 +21,12 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from dispatcher_service.domain import DeliveryState
+from dispatcher_service.domain import Completion, DeliveryState
 
 __all__ = [
     "DEFAULT_DELAYS",
@@ -239,3 +239,28 @@ def should_disable(
     if first_failure_at is None or consecutive_failures < policy.consecutive_failures:
         return False
     return (now - first_failure_at).total_seconds() >= policy.min_failing_seconds
+
+
+@dataclass(frozen=True)
+class EndpointRun:
+    """What one batch of attempts did to an endpoint's run of failures: `failures` since
+    its last success in the batch, and whether it had one (`restart`: the run that goes
+    on, if any, starts again)."""
+
+    failures: int = 0
+    restart: bool = False
+
+
+def endpoint_runs(completions: Iterable[Completion]) -> dict[str, EndpointRun]:
+    """The run of every endpoint (by subscription) that an attempt of `completions`
+    reached; attempts that never reached their endpoint do not count."""
+    runs: dict[str, EndpointRun] = {}
+    for completion in completions:
+        if completion.endpoint_failed is None:
+            continue
+        run = runs.get(completion.subscription_id, EndpointRun())
+        failed = completion.endpoint_failed
+        runs[completion.subscription_id] = (
+            EndpointRun(run.failures + 1, run.restart) if failed else EndpointRun(0, True)
+        )
+    return runs

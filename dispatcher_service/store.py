@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,7 @@ from dispatcher_service.models import AttemptRow, DeliveryRow, EndpointHealthRow
 from dispatcher_service.queue_backend import QueueBackend, as_document
 from dispatcher_service.queue_postgres import PostgresQueue
 from dispatcher_service.queue_sqlite import SQLiteQueue
-from dispatcher_service.retry import after_interruption
+from dispatcher_service.retry import after_interruption, endpoint_runs
 from service_common.database import as_utc, unavailable_on_database_errors
 
 __all__ = ["DeliveryCursor", "DeliveryStore"]
@@ -115,14 +115,6 @@ _BACKENDS: dict[str, Callable[[], QueueBackend]] = {
     "postgresql": PostgresQueue,
     "sqlite": SQLiteQueue,
 }
-
-
-@dataclass
-class _Run:
-    """What one batch did to an endpoint's run of failures."""
-
-    failures: int = 0
-    reset: bool = False
 
 
 class DeliveryStore:
@@ -382,15 +374,7 @@ class DeliveryStore:
     def _record_endpoints(
         self, connection: sa.Connection, completions: Sequence[Completion], *, now: datetime
     ) -> list[EndpointHealth]:
-        runs: dict[str, _Run] = {}
-        for completion in completions:
-            if completion.endpoint_failed is None:
-                continue
-            run = runs.setdefault(completion.subscription_id, _Run())
-            if completion.endpoint_failed:
-                run.failures += 1
-            else:
-                run.failures, run.reset = 0, True
+        runs = endpoint_runs(completions)
         healthy = [sid for sid, run in runs.items() if not run.failures]
         if healthy:
             connection.execute(_FORGET_HEALTH, {"subscription_ids": healthy})
@@ -400,7 +384,7 @@ class DeliveryStore:
                 continue
             # After a success in this batch the run starts again; otherwise it goes on.
             row = connection.execute(
-                self._backend.upsert_health(restart=run.reset),
+                self._backend.upsert_health(restart=run.restart),
                 {"subscription": subscription_id, "failures": run.failures, "now": now},
             ).one()
             failing.append(

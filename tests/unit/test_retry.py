@@ -6,14 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatcher_service.domain import INTERRUPTED_ERROR, Attempt, DeliveryState
+from dispatcher_service.domain import INTERRUPTED_ERROR, Attempt, Completion, DeliveryState
 from dispatcher_service.retry import (
     DEFAULT_DELAYS,
     AttemptOutcome,
     DisablePolicy,
+    EndpointRun,
     RetrySchedule,
     after_interruption,
     classify,
+    endpoint_runs,
     next_attempt_delay,
     parse_duration,
     parse_retry_after,
@@ -358,3 +360,39 @@ def test_default_disable_policy_waits_days_not_hours() -> None:
 def test_disable_policy_rejects_impossible_thresholds(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"."):
         DisablePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def _attempted(subscription_id: str, *, failed: bool | None) -> Completion:
+    attempt = Attempt(
+        number=1,
+        start_time=datetime(2026, 1, 1, tzinfo=UTC),
+        status_code=500 if failed else 204,
+        latency_ms=1,
+        error="",
+        response_snippet="",
+    )
+    return Completion(
+        delivery_id=f"d-{subscription_id}",
+        subscription_id=subscription_id,
+        attempt=attempt,
+        state=DeliveryState.RETRYING if failed else DeliveryState.SUCCEEDED,
+        next_attempt_time=None,
+        endpoint_failed=failed,
+    )
+
+
+def test_a_batch_of_failures_adds_to_the_run_that_goes_on() -> None:
+    runs = endpoint_runs([_attempted("a", failed=True), _attempted("a", failed=True)])
+    assert runs == {"a": EndpointRun(failures=2, restart=False)}
+
+
+def test_a_success_ends_the_run_and_later_failures_start_a_new_one() -> None:
+    batch = [_attempted("a", failed=True), _attempted("a", failed=False)]
+    assert endpoint_runs(batch) == {"a": EndpointRun(failures=0, restart=True)}
+    batch.append(_attempted("a", failed=True))
+    assert endpoint_runs(batch) == {"a": EndpointRun(failures=1, restart=True)}
+
+
+def test_attempts_that_never_reached_the_endpoint_do_not_count() -> None:
+    runs = endpoint_runs([_attempted("a", failed=None), _attempted("b", failed=True)])
+    assert runs == {"b": EndpointRun(failures=1, restart=False)}
