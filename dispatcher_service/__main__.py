@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from pydantic import ValidationError
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 from dispatcher_service.keyring import KeyRingError
 from dispatcher_service.server import serve
 from dispatcher_service.settings import DispatcherSettings
+from service_common import event_loop
 from service_common.auth import TokensFileError
 from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
@@ -30,7 +30,7 @@ def main() -> int:
     tracing = configure_tracing(settings.tracing_exporter, service_name="dispatcher")
     tune_for_service()
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), loop=settings.event_loop)
     except TokensFileError as exc:
         print(f"dispatcher cannot start: {_tokens_file_problem(exc, settings)}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ from pydantic import Field, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings
 
+from service_common.event_loop import EventLoop
+
 __all__ = ["ServiceSettings", "settings_problems", "validation_problems"]
 
 
@@ -31,6 +33,9 @@ class ServiceSettings(BaseSettings):
     tls_key_file: Path | None = None
     # With TLS on: clients must present a certificate signed by this CA (mutual TLS).
     tls_client_ca_file: Path | None = None
+    # The event loop: uvloop (libuv; less CPU per call and per delivery) or asyncio (the
+    # standard library's).
+    event_loop: EventLoop = "uvloop"
 
 
 def settings_problems(error: ValidationError, prefix: str) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from pydantic import ValidationError
 
+from service_common import event_loop
 from service_common.auth import TokensFileError
 from service_common.garbage_collection import tune_for_service
 from service_common.logs import configure_logging
@@ -29,7 +29,7 @@ def main() -> int:
     tracing = configure_tracing(settings.tracing_exporter, service_name="subscription-service")
     tune_for_service()
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), loop=settings.event_loop)
     except TokensFileError as exc:
         print(
             f"subscription service cannot start: {_tokens_file_problem(exc, settings)}",
