@@ -10,29 +10,37 @@ in one process, to show how close to the raw rate one delivering event loop can 
 - delivery without HTTP: a `DeliveryWorker` as the dispatcher builds it (SQLite store,
   ECDSA P-256 key ring, 64 in flight to the endpoint) whose sender answers 200 at once;
   CPU time per delivery, claimed, signed and recorded;
-- delivery: the same worker with the dispatcher's `HttpSender`, to the same receiver;
-- delivery, bare aiohttp: the same again with a bare `ClientSession.post` as the sender,
-  which tells what `HttpSender` adds from what running POSTs inside the worker adds.
+- delivery: the same worker with the dispatcher's default `CurlSender` (libcurl), and
+  with its aiohttp fallback `HttpSender`, to the same receiver;
+- raw pycurl: libcurl's multi interface alone, 64 in flight, on a thread; CPU per POST;
+- delivery, bare aiohttp: the worker with a bare `ClientSession.post` as the sender,
+  which tells what `HttpSender` adds from what running POSTs inside the worker adds;
+- delivery from memory: the worker with `CurlSender` claiming from a `MemoryQueue`, which
+  tells what the worker itself costs apart from the database.
 
 The ceiling is raw / (raw + without HTTP): the CPU ratio a delivery could reach if its
-POST cost no more than a raw one, when one event loop does all of it.
+POST cost no more than a raw aiohttp one, when one event loop does all of it. What a
+delivery costs beyond the raw POST of its own library is delivery - raw, for each sender.
 
 The services' collector settings (`service_common.garbage_collection`) apply here too.
 Every loop is bounded in count and time; only 127.0.0.1 receives traffic.
 
-    .venv/bin/python bench/delivery_ceiling.py [--events 10000] [--rounds 3]
+It runs on uvloop, as the services do by default (`--loop asyncio` for the standard one).
+
+    .venv/bin/python bench/delivery_ceiling.py [--events 10000] [--rounds 3] [--loop uvloop]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,20 +51,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dispatcher_rates import DETAILS, raw_post_rate, spawn
-from http_post_rate import serve
+from http_post_rate import raw_pycurl, serve
 
+from dispatcher_service.curl_sender import CurlSender
 from dispatcher_service.database import create_engine, migrate
+from dispatcher_service.delivery_queue import DeliveryQueue
 from dispatcher_service.domain import DeliveryState, PreparedEvent, Target
-from dispatcher_service.http_sender import AttemptResult, HttpSender, Timeouts
+from dispatcher_service.http_sender import HttpSender
+from dispatcher_service.keyring import KeyRing
+from dispatcher_service.memory_queue import MemoryQueue
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.retry import RetrySchedule
 from dispatcher_service.routing import Route
-from dispatcher_service.signing import KeyRing, SignatureAlgorithm
+from dispatcher_service.sending import AttemptResult, Timeouts
+from dispatcher_service.signing import SignatureAlgorithm
 from dispatcher_service.ssrf import TargetPolicy
 from dispatcher_service.store import DeliveryStore
 from dispatcher_service.worker import DeliveryWorker, Sender, WorkerLimits
+from service_common import event_loop
 from service_common.garbage_collection import tune_for_service
-from webhook_receiver import payload_as_string
+from webhook_wire.canonical import payload_as_string
 
 SUBSCRIPTION = "sub_bench"
 IN_FLIGHT = 64
@@ -113,7 +127,7 @@ class AnswerAtOnce:
         )
 
 
-def backlog(store: DeliveryStore, url: str, total: int) -> None:
+def backlog(store: DeliveryQueue, url: str, total: int) -> None:
     """`total` events of the shape the dispatcher stores, one delivery each, all due."""
     now = datetime.now(UTC)
     for start in range(0, total, BATCH):
@@ -136,91 +150,120 @@ def backlog(store: DeliveryStore, url: str, total: int) -> None:
         store.ingest(events, now=now)
 
 
-async def delivery_cpu(directory: Path, url: str, total: int, sender: Sender) -> float:
-    """CPU seconds of this process per delivery, for `total` deliveries through `sender`."""
+@contextlib.contextmanager
+def opened_queue(directory: Path, url: str, total: int, *, memory: bool) -> Iterator[DeliveryQueue]:
+    """A backlog of `total` due deliveries: in a SQLite store as the dispatcher's default,
+    or in a `MemoryQueue` (everything the worker does but the database)."""
+    if memory:
+        queue = MemoryQueue()
+        backlog(queue, url, total)
+        yield queue
+        return
     engine = create_engine(f"sqlite:///{directory / 'dispatcher.db'}")
     try:
         migrate(engine)
         store = DeliveryStore(engine)
         backlog(store, url, total)
+        yield store
+    finally:
+        engine.dispose()
 
-        async def never_disable(subscription_id: str, reason: str) -> None:
-            raise AssertionError(f"{subscription_id} disabled: {reason}")
 
+async def delivery_cpu(
+    directory: Path, url: str, total: int, sender: Sender, *, memory: bool = False
+) -> float:
+    """CPU seconds of this process per delivery, for `total` deliveries through `sender`."""
+    with opened_queue(directory, url, total, memory=memory) as queue:
         metrics = DispatcherMetrics()
-        worker = DeliveryWorker(
-            store=store,
-            routes=Routes(url),
-            sender=sender,
-            signer=KeyRing.open(directory / "keys"),
-            disable=never_disable,
-            schedule=RetrySchedule.parse("1s"),
-            disable_policy=None,
-            limits=WorkerLimits(per_endpoint=IN_FLIGHT),
-            user_agent="bench",
-            metrics=metrics,
-        )
+        worker = new_worker(queue, directory, url, sender, metrics)
         cpu = time.process_time()
         worker.start()
-        deadline = time.monotonic() + SECONDS
         try:
-            while time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-                # The worker's own count of recorded successes: asking the database
-                # would add to the CPU time measured.
-                succeeded = metrics.registry.get_sample_value(
-                    "webhooks_deliveries_total", {"outcome": DeliveryState.SUCCEEDED.value}
-                )
-                if (succeeded or 0) >= total:
-                    break
-            else:
-                raise RuntimeError(f"not all of {total} delivered in {SECONDS}s")
+            await delivered(metrics, total)
         finally:
             await worker.stop(5)
         return (time.process_time() - cpu) / total
-    finally:
-        engine.dispose()
+
+
+def new_worker(
+    queue: DeliveryQueue, directory: Path, url: str, sender: Sender, metrics: DispatcherMetrics
+) -> DeliveryWorker:
+    async def never_disable(subscription_id: str, reason: str) -> None:
+        raise AssertionError(f"{subscription_id} disabled: {reason}")
+
+    return DeliveryWorker(
+        store=queue,
+        routes=Routes(url),
+        sender=sender,
+        signer=KeyRing.open(directory / "keys"),
+        disable=never_disable,
+        schedule=RetrySchedule.parse("1s"),
+        disable_policy=None,
+        limits=WorkerLimits(per_endpoint=IN_FLIGHT),
+        user_agent="bench",
+        metrics=metrics,
+    )
+
+
+async def delivered(metrics: DispatcherMetrics, total: int) -> None:
+    """Returns once `total` successes are recorded, within `SECONDS`."""
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        # The worker's own count of recorded successes: asking the database would add
+        # to the CPU time measured.
+        succeeded = metrics.registry.get_sample_value(
+            "webhooks_deliveries_total", {"outcome": DeliveryState.SUCCEEDED.value}
+        )
+        if (succeeded or 0) >= total:
+            return
+    raise RuntimeError(f"not all of {total} delivered in {SECONDS}s")
 
 
 @dataclass
 class Round:
     raw: float
+    raw_curl: float
     without_http: float
-    delivery: float
+    curl: float
+    aiohttp: float
     bare: float
+    memory_curl: float
 
 
-async def sender_cpu(url: str, total: int, *, bare: bool) -> float:
-    """CPU seconds per delivery with the dispatcher's sender, or a bare aiohttp one."""
-    sender: HttpSender | BareAiohttp = (
-        BareAiohttp()
-        if bare
-        else HttpSender(
+SENDERS = ("curl", "aiohttp", "bare")
+
+
+async def sender_cpu(url: str, total: int, kind: str, *, memory: bool = False) -> float:
+    """CPU seconds per delivery with one of the dispatcher's senders, or a bare aiohttp one;
+    from a `MemoryQueue` if `memory`."""
+    sender: CurlSender | HttpSender | BareAiohttp
+    if kind == "bare":
+        sender = BareAiohttp()
+    else:
+        sender = (CurlSender if kind == "curl" else HttpSender)(
             policy=TargetPolicy.parse("127.0.0.0/8"),
             timeouts=Timeouts(connect=5.0, total=30.0),
             per_host_limit=IN_FLIGHT,
-            limit_slots=False,
         )
-    )
     try:
         with tempfile.TemporaryDirectory() as directory:
-            return await delivery_cpu(Path(directory), url, total, sender)
+            return await delivery_cpu(Path(directory), url, total, sender, memory=memory)
     finally:
         await sender.aclose()
 
 
 async def one_round(url: str, total: int, number: int) -> Round:
     _, raw = await raw_post_rate(url, total)
+    flat_out = argparse.Namespace(requests=total, concurrency=IN_FLIGHT, seconds=SECONDS)
+    raw_curl = (await asyncio.to_thread(raw_pycurl, url, flat_out)).cpu
     with tempfile.TemporaryDirectory() as directory:
         without_http = await delivery_cpu(Path(directory), url, total, AnswerAtOnce())
-    # Whichever runs later tends to cost less: the two take turns going first.
-    if number % 2:
-        bare = await sender_cpu(url, total, bare=True)
-        delivery = await sender_cpu(url, total, bare=False)
-    else:
-        delivery = await sender_cpu(url, total, bare=False)
-        bare = await sender_cpu(url, total, bare=True)
-    return Round(raw, without_http, delivery, bare)
+    # Whichever runs later tends to cost less: the senders take turns going first.
+    order = SENDERS[number % 3 :] + SENDERS[: number % 3]
+    cpu = {kind: await sender_cpu(url, total, kind) for kind in order}
+    memory_curl = await sender_cpu(url, total, "curl", memory=True)
+    return Round(raw, raw_curl, without_http, cpu["curl"], cpu["aiohttp"], cpu["bare"], memory_curl)
 
 
 async def run(url: str, args: argparse.Namespace) -> list[Round]:
@@ -229,38 +272,51 @@ async def run(url: str, args: argparse.Namespace) -> list[Round]:
         result = await one_round(url, args.events, number)
         rounds.append(result)
         print(
-            f"round {number + 1}: raw POST {result.raw * 1e6:.0f} us, delivery without HTTP "
-            f"{result.without_http * 1e6:.0f} us, delivery {result.delivery * 1e6:.0f} us, "
-            f"with bare aiohttp {result.bare * 1e6:.0f} us"
+            f"round {number + 1}: raw aiohttp POST {result.raw * 1e6:.0f} us, raw pycurl "
+            f"{result.raw_curl * 1e6:.0f} us, without HTTP {result.without_http * 1e6:.0f} us, "
+            f"CurlSender {result.curl * 1e6:.0f} us, HttpSender {result.aiohttp * 1e6:.0f} us, "
+            f"bare aiohttp {result.bare * 1e6:.0f} us, CurlSender from memory "
+            f"{result.memory_curl * 1e6:.0f} us"
         )
     return rounds
 
 
 def report(rounds: list[Round], total: int) -> None:
-    raw = statistics.median(r.raw for r in rounds)
-    without_http = statistics.median(r.without_http for r in rounds)
-    delivery = statistics.median(r.delivery for r in rounds)
-    bare = statistics.median(r.bare for r in rounds)
+    def median_us(field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in rounds)) * 1e6
+
     ceiling = statistics.median(r.raw / (r.raw + r.without_http) for r in rounds)
-    ratio = statistics.median(r.raw / r.delivery for r in rounds)
+    beyond_curl = statistics.median(r.curl - r.raw_curl for r in rounds) * 1e6
+    beyond_aiohttp = statistics.median(r.aiohttp - r.raw for r in rounds) * 1e6
+    beyond_memory = statistics.median(r.memory_curl - r.raw_curl for r in rounds) * 1e6
     print(f"\n{total} deliveries per run, CPU time of one process, median of {len(rounds)} rounds")
-    print(f"raw aiohttp POST, 64 in flight         {raw * 1e6:6.0f} us per POST")
-    print(f"delivery without HTTP (claim, sign, record)  {without_http * 1e6:6.0f} us per delivery")
-    print(f"delivery with HttpSender               {delivery * 1e6:6.0f} us per delivery")
-    print(f"delivery with bare aiohttp             {bare * 1e6:6.0f} us per delivery")
-    print(f"ceiling raw / (raw + without HTTP)     {ceiling:6.2f}")
-    print(f"delivery ratio raw / delivery          {ratio:6.2f} (target 0.6)")
+    print(f"raw aiohttp POST, 64 in flight               {median_us('raw'):6.0f} us per POST")
+    print(f"raw pycurl POST, 64 in flight                {median_us('raw_curl'):6.0f} us per POST")
+    print(f"delivery without HTTP (claim, sign, record)  {median_us('without_http'):6.0f} us")
+    print(f"delivery with CurlSender                     {median_us('curl'):6.0f} us")
+    print(f"delivery with HttpSender                     {median_us('aiohttp'):6.0f} us")
+    print(f"delivery with bare aiohttp                   {median_us('bare'):6.0f} us")
+    print(f"delivery with CurlSender, MemoryQueue        {median_us('memory_curl'):6.0f} us")
+    print(f"CurlSender beyond a raw pycurl POST          {beyond_curl:6.0f} us (target <= 60)")
+    print(f"HttpSender beyond a raw aiohttp POST         {beyond_aiohttp:6.0f} us")
+    print(f"the same from a MemoryQueue (no database)    {beyond_memory:6.0f} us")
+    print(f"ceiling raw aiohttp / (raw + without HTTP)   {ceiling:6.2f}")
+    for field in ("curl", "aiohttp"):
+        ratio = statistics.median(r.raw / getattr(r, field) for r in rounds)
+        print(f"raw aiohttp CPU / delivery CPU, {field:<8}     {ratio:6.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = parser.parse_args()
     tune_for_service()
     receiver, port = spawn(serve)
     try:
-        report(asyncio.run(run(f"http://127.0.0.1:{port}/hook", args)), args.events)
+        url = f"http://127.0.0.1:{port}/hook"
+        report(event_loop.run(run(url, args), loop=args.loop), args.events)
     finally:
         receiver.terminate()
         receiver.join(timeout=10)

@@ -1,4 +1,4 @@
-"""Webhook POSTs per second to a local receiver: HttpSender against the clients it could be.
+"""Webhook POSTs per second to a local receiver: the dispatcher's senders against raw clients.
 
 A receiver (aiohttp.web) runs in a separate process on 127.0.0.1, so the clients measured
 here do not share their core with it. Each client posts the same ~1 KB JSON body with
@@ -8,10 +8,15 @@ the same number of requests in flight:
 - httpx: `httpx.AsyncClient` on its own connection pool;
 - httpx-aiohttp: `httpx.AsyncClient` over the `httpx-aiohttp` transport (the httpx API
   with aiohttp underneath), skipped if that package is not installed;
-- HttpSender: the dispatcher's sender, with its SSRF check, slots, bounded read.
+- raw pycurl: libcurl's multi interface run flat out on a thread, no event loop at all:
+  the raw limit of the library `CurlSender` drives;
+- HttpSender: the dispatcher's aiohttp sender (the fallback), with its SSRF check and
+  bounded read;
+- CurlSender: the dispatcher's default sender, the same promises on libcurl.
 
 Every run is bounded in requests and in seconds; the clients take turns, round after
-round, and the median of the rounds is reported with the ratio HttpSender / raw aiohttp.
+round, and the median of the rounds is reported, with the CPU this process spent per
+request and the senders' ratios to raw aiohttp and to raw pycurl (per-round ratios).
 
     .venv/bin/python bench/http_post_rate.py [--requests 3000] [--concurrency 64]
                                              [--rounds 3] [--seconds 10]
@@ -32,9 +37,12 @@ from typing import Any
 
 import aiohttp
 import httpx
+import pycurl
 from aiohttp import web
 
-from dispatcher_service.http_sender import HttpSender, Timeouts
+from dispatcher_service.curl_sender import CurlSender
+from dispatcher_service.http_sender import HttpSender
+from dispatcher_service.sending import Timeouts
 from dispatcher_service.ssrf import TargetPolicy
 
 BODY = json.dumps(
@@ -84,13 +92,15 @@ def run_forever(app: web.Application, ports: Queue[int]) -> None:
 class Run:
     rate: float
     failures: int
+    # CPU seconds this process spent per request, all threads together.
+    cpu: float
 
 
 async def drive(post: Post, *, requests: int, concurrency: int, seconds: float) -> Run:
     """Requests per second of `post`, from `concurrency` workers, bounded in count and time."""
     remaining = requests
     done = failures = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     deadline = started + seconds
 
     async def worker() -> None:
@@ -102,7 +112,15 @@ async def drive(post: Post, *, requests: int, concurrency: int, seconds: float) 
             failures += status != 200
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Run(rate=done / (time.perf_counter() - started), failures=failures)
+    return _run(done, failures, started=started, cpu=cpu)
+
+
+def _run(done: int, failures: int, *, started: float, cpu: float) -> Run:
+    return Run(
+        rate=done / (time.perf_counter() - started),
+        failures=failures,
+        cpu=(time.process_time() - cpu) / max(done, 1),
+    )
 
 
 async def aiohttp_client(url: str, concurrency: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
@@ -143,7 +161,17 @@ async def httpx_aiohttp_client(
 
 
 async def sender_client(url: str, concurrency: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
-    sender = HttpSender(
+    return await _dispatcher_sender(HttpSender, url, concurrency)
+
+
+async def curl_client(url: str, concurrency: int) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    return await _dispatcher_sender(CurlSender, url, concurrency)
+
+
+async def _dispatcher_sender(
+    kind: type[HttpSender] | type[CurlSender], url: str, concurrency: int
+) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    sender = kind(
         policy=TargetPolicy.parse("127.0.0.0/8"),
         timeouts=Timeouts(connect=5.0, total=30.0),
         per_host_limit=concurrency,
@@ -169,7 +197,50 @@ def clients() -> dict[str, Factory]:
     else:
         found["httpx-aiohttp"] = httpx_aiohttp_client
     found["HttpSender"] = sender_client
+    found["CurlSender"] = curl_client
     return found
+
+
+def raw_pycurl(url: str, args: argparse.Namespace) -> Run:
+    """libcurl alone: `concurrency` handles in one multi, re-added as each finishes."""
+    multi = pycurl.CurlMulti()
+    handles = [_raw_handle(url) for _ in range(args.concurrency)]
+    remaining, done, failures = args.requests, 0, 0
+    started, cpu = time.perf_counter(), time.process_time()
+    deadline = started + args.seconds
+    for handle in handles[: min(remaining, len(handles))]:
+        multi.add_handle(handle)
+        remaining -= 1
+    while done < args.requests - remaining and time.perf_counter() < deadline:
+        multi.perform()
+        _, succeeded, failed = multi.info_read()
+        for handle in succeeded + [item[0] for item in failed]:
+            failures += handle in succeeded and handle.getinfo(pycurl.RESPONSE_CODE) != 200
+            failures += handle not in succeeded
+            done += 1
+            multi.remove_handle(handle)
+            if remaining > 0:
+                remaining -= 1
+                multi.add_handle(handle)
+        multi.select(0.1)
+    multi.close()
+    return _run(done, failures, started=started, cpu=cpu)
+
+
+def _raw_handle(url: str) -> pycurl.Curl:
+    handle = pycurl.Curl()
+    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.POSTFIELDS, BODY)
+    handle.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in HEADERS.items()] + ["Expect:"])
+    handle.setopt(pycurl.WRITEFUNCTION, len)
+    return handle
+
+
+async def measure_raw_pycurl(url: str, args: argparse.Namespace) -> Run:
+    """Run on a thread, as `CurlSender` runs libcurl, with the loop idle meanwhile."""
+    warmup = argparse.Namespace(**{**vars(args), "requests": min(args.requests // 10, 500)})
+    await asyncio.to_thread(raw_pycurl, url, warmup)
+    return await asyncio.to_thread(raw_pycurl, url, args)
 
 
 async def measure(factory: Factory, url: str, args: argparse.Namespace) -> Run:
@@ -186,11 +257,14 @@ async def measure(factory: Factory, url: str, args: argparse.Namespace) -> Run:
 
 
 async def bench(url: str, args: argparse.Namespace) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {name: [] for name in clients()}
     factories = clients()
+    runs: dict[str, list[Run]] = {name: [] for name in [*factories, "raw pycurl"]}
     for round_number in range(args.rounds):
-        for name, factory in factories.items():
-            run = await measure(factory, url, args)
+        for name in runs:
+            if name == "raw pycurl":
+                run = await measure_raw_pycurl(url, args)
+            else:
+                run = await measure(factories[name], url, args)
             runs[name].append(run)
             print(f"round {round_number + 1}: {name:<14} {run.rate:9.0f} req/s")
     return runs
@@ -205,9 +279,18 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> None:
     for name, rate in medians.items():
         failures = sum(r.failures for r in runs[name])
         ratio = rate / medians["raw aiohttp"]
-        print(f"{name:<14} {rate:9.0f} req/s  {ratio:5.2f} x raw aiohttp  failures: {failures}")
-    ratios = [s.rate / a.rate for s, a in zip(runs["HttpSender"], runs["raw aiohttp"], strict=True)]
-    print(f"HttpSender / raw aiohttp: {statistics.median(ratios):.2f} (median of per-round ratios)")
+        cpu = statistics.median(r.cpu for r in runs[name]) * 1e6
+        print(
+            f"{name:<14} {rate:9.0f} req/s  {cpu:5.0f} us CPU/req  "
+            f"{ratio:5.2f} x raw aiohttp  failures: {failures}"
+        )
+    for sender, raw in [
+        ("HttpSender", "raw aiohttp"),
+        ("CurlSender", "raw aiohttp"),
+        ("CurlSender", "raw pycurl"),
+    ]:
+        ratios = [s.rate / r.rate for s, r in zip(runs[sender], runs[raw], strict=True)]
+        print(f"{sender} / {raw}: {statistics.median(ratios):.2f} (median of per-round ratios)")
 
 
 def main() -> None:

@@ -13,15 +13,17 @@ import grpc
 from google.protobuf import field_mask_pb2
 from sqlalchemy.engine import Engine
 
+from dispatcher_service.curl_sender import CurlSender
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.http_api import HttpSite, create_app, start_site
-from dispatcher_service.http_sender import HttpSender, Timeouts
-from dispatcher_service.keyring import KeyRing
+from dispatcher_service.http_sender import HttpSender
 from dispatcher_service.ingest import Ingestor
+from dispatcher_service.keyring import KeyRing
 from dispatcher_service.metrics import DispatcherMetrics, QueueCollector
 from dispatcher_service.rate_limit import TenantRateLimiter
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
+from dispatcher_service.sending import Timeouts
 from dispatcher_service.servicer import DispatcherServicer
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.ssrf import TargetPolicy
@@ -68,7 +70,7 @@ class RunningDispatcher:
     engine: Engine
     follower: SubscriptionFollower
     worker: DeliveryWorker
-    sender: HttpSender
+    sender: CurlSender | HttpSender
     channel: grpc.aio.Channel
     keys: KeyRing
     http: HttpSite
@@ -184,17 +186,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
             settings.subscriptions_addr, upstream_credentials, interceptors=interceptors
         )
     )
-    sender = HttpSender(
-        policy=TargetPolicy(allowed_networks=settings.allowed_target_networks),
-        timeouts=Timeouts(
-            connect=settings.connect_timeout_seconds, total=settings.attempt_timeout_seconds
-        ),
-        per_host_limit=settings.max_concurrent_per_endpoint,
-        total_limit=settings.max_concurrent_deliveries,
-        # The worker starts no more than these limits allow.
-        limit_slots=False,
-        user_agent=USER_AGENT,
-    )
+    sender = _new_sender(settings)
     worker = DeliveryWorker(
         store=store,
         routes=follower,
@@ -288,3 +280,17 @@ async def serve(settings: DispatcherSettings) -> None:
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)
+
+
+def _new_sender(settings: DispatcherSettings) -> CurlSender | HttpSender:
+    """The sender `DISPATCHER_HTTP_CLIENT` names; the worker keeps to the same limits."""
+    kind = CurlSender if settings.http_client == "curl" else HttpSender
+    return kind(
+        policy=TargetPolicy(allowed_networks=settings.allowed_target_networks),
+        timeouts=Timeouts(
+            connect=settings.connect_timeout_seconds, total=settings.attempt_timeout_seconds
+        ),
+        per_host_limit=settings.max_concurrent_per_endpoint,
+        total_limit=settings.max_concurrent_deliveries,
+        user_agent=USER_AGENT,
+    )

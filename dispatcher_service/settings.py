@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -46,6 +46,9 @@ class DispatcherSettings(ServiceSettings):
     # that also span at least this many seconds (5 days by default).
     disable_after_failures: int = Field(default=100, ge=0)
     disable_after_seconds: float = Field(default=5 * 86400.0, ge=0)
+    # The HTTP client deliveries go through: libcurl (`curl`), or `aiohttp`, the slower
+    # fallback; both keep the same promises (SSRF check, no redirects, bounded answers).
+    http_client: Literal["curl", "aiohttp"] = "curl"
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     attempt_timeout_seconds: float = Field(default=15.0, gt=0)
     # Deliveries sent at once, overall and to one endpoint (host:port).

@@ -158,16 +158,20 @@ async def flaky() -> AsyncIterator[FlakyReceiver]:
     await running.stop()
 
 
-@pytest.fixture
-def dispatcher_settings(dispatcher_settings: DispatcherSettings) -> DispatcherSettings:
+@pytest.fixture(params=["curl", "aiohttp"])
+def dispatcher_settings(
+    dispatcher_settings: DispatcherSettings, request: pytest.FixtureRequest
+) -> DispatcherSettings:
+    """Each HTTP client the dispatcher can deliver through, as it is configured."""
     return dispatcher_settings.model_copy(
         update={
+            "http_client": request.param,
             # Twelve attempts, 0.2 s apart (jittered): more than MAX_FAILURES + 1.
             "retry_schedule": ",".join(["0s"] + ["0.2s"] * (ATTEMPTS - 1)),
             "attempt_timeout_seconds": ATTEMPT_TIMEOUT,
             "connect_timeout_seconds": ATTEMPT_TIMEOUT,
             # Every delivery may be in flight at once: no attempt waits for an endpoint
-            # slot (and fails as "endpoint busy" without the receiver seeing it).
+            # slot, so the receiver sees each attempt as it is made.
             "max_concurrent_per_endpoint": 256,
             "max_concurrent_deliveries": 256,
         }

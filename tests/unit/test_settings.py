@@ -58,3 +58,15 @@ def test_a_malformed_tokens_file_is_named_field_by_field_without_pydantic_wordin
     assert (
         problems == "tokens.0.tenant: must be '*' or a tenant id of letters, digits, '.', '_', '-'"
     )
+
+
+def test_the_http_client_is_curl_unless_aiohttp_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert DispatcherSettings().http_client == "curl"
+    monkeypatch.setenv("DISPATCHER_HTTP_CLIENT", "aiohttp")
+    assert DispatcherSettings().http_client == "aiohttp"
+    monkeypatch.setenv("DISPATCHER_HTTP_CLIENT", "requests")
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings()
+    assert settings_problems(refused.value, "DISPATCHER_").startswith(
+        "DISPATCHER_HTTP_CLIENT: Input should be 'curl' or 'aiohttp'"
+    )
