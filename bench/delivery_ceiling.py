@@ -25,9 +25,10 @@ delivery costs beyond the raw POST of its own library is delivery - raw, for eac
 The services' collector settings (`service_common.garbage_collection`) apply here too.
 Every loop is bounded in count and time; only 127.0.0.1 receives traffic.
 
-It runs on uvloop, as the services do by default (`--loop asyncio` for the standard one).
+It runs on the standard event loop, as the services do by default (`--loop uvloop` for
+libuv's).
 
-    .venv/bin/python bench/delivery_ceiling.py [--events 10000] [--rounds 3] [--loop uvloop]
+    .venv/bin/python bench/delivery_ceiling.py [--events 10000] [--rounds 3] [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     tune_for_service()
     receiver, port = spawn(serve)

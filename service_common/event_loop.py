@@ -1,4 +1,4 @@
-"""The event loop a service runs on: uvloop (libuv, the default) or the standard library's."""
+"""The event loop a service runs on: the standard library's (the default) or uvloop (libuv)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import uvloop
 
 __all__ = ["EventLoop", "run"]
 
-EventLoop = Literal["uvloop", "asyncio"]
+EventLoop = Literal["asyncio", "uvloop"]
 T = TypeVar("T")
 
 

@@ -26,12 +26,12 @@ def test_asyncio_runs_the_service_on_the_standard_library_loop() -> None:
     assert issubclass(loop_type, asyncio.BaseEventLoop)
 
 
-def test_both_services_default_to_uvloop_and_take_the_setting(
+def test_both_services_default_to_asyncio_and_take_the_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert DispatcherSettings().event_loop == "uvloop"
-    monkeypatch.setenv("SUBSCRIPTIONS_EVENT_LOOP", "asyncio")
-    assert SubscriptionSettings().event_loop == "asyncio"
+    assert DispatcherSettings().event_loop == "asyncio"
+    monkeypatch.setenv("SUBSCRIPTIONS_EVENT_LOOP", "uvloop")
+    assert SubscriptionSettings().event_loop == "uvloop"
 
 
 def test_an_unknown_event_loop_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
