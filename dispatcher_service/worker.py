@@ -1,9 +1,9 @@
 """Delivery workers: claim due deliveries, sign and POST them, record every attempt.
 
-One `DeliveryWorker` per process runs many deliveries at once. What each claim looks at
-is `ClaimPlanner`'s to say, how many deliveries run at once (to each endpoint and in all)
-`EndpointSlots`'; signing is `DeliverySigner`'s job, recording the results (in small
-batches) `AttemptRecorder`'s.
+One `DeliveryWorker` per process runs many deliveries at once. Claiming them is
+`ClaimLoop`'s job, how many run at once (to each endpoint and in all) `EndpointSlots`';
+signing is `DeliverySigner`'s job, recording the results (in small batches)
+`AttemptRecorder`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import random
 import time
 import uuid
@@ -22,16 +21,10 @@ from typing import Protocol
 
 from dispatcher_service import attempts
 from dispatcher_service.attempts import SendResult
-from dispatcher_service.claim_planner import Claim, ClaimPlanner, ClaimResult
+from dispatcher_service.claim_loop import ClaimLoop
 from dispatcher_service.delivery_queue import DeliveryQueue
 from dispatcher_service.delivery_signer import DeliverySigner, Signer, build_body
-from dispatcher_service.domain import (
-    ClaimedBatch,
-    ClaimedDelivery,
-    Completion,
-    HandOff,
-    Target,
-)
+from dispatcher_service.domain import ClaimedDelivery, Completion, HandOff, Target
 from dispatcher_service.endpoint_slots import EndpointSlots
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.outage import Outage, store_call
@@ -43,16 +36,6 @@ from service_common.errors import StoreUnavailable
 # `Disabler` and `build_body` live with the recorder and the signer; named here for the
 # callers that import them from the worker.
 __all__ = ["DeliveryWorker", "Disabler", "WorkerLimits", "build_body"]
-
-log = logging.getLogger(__name__)
-# How often a worker whose busy endpoints hold all that is due looks through everything
-# due for other work (in between, new deliveries are looked at alone).
-_SATURATED_POLL = 0.5
-
-# While the database is away the claim loop waits twice as long after each failed claim,
-# from the poll interval up to this; an ingestion that commits (so the database is back)
-# ends the wait at once.
-MAX_CLAIM_BACKOFF_SECONDS = 10.0
 
 
 class RouteLookup(Protocol):
@@ -124,10 +107,6 @@ class DeliveryWorker:
             metrics=self._metrics,
             outage=self._outage,
         )
-        self._wake = asyncio.Event()
-        self._planner = ClaimPlanner(
-            claim_batch=limits.claim_batch, max_in_flight=limits.max_in_flight
-        )
         self._slots = EndpointSlots(
             max_in_flight=limits.max_in_flight,
             per_endpoint=limits.per_endpoint,
@@ -135,7 +114,20 @@ class DeliveryWorker:
             run=functools.partial(
                 attempts.run, attempt=self.deliver_one, record=self._recorder.put
             ),
-            on_room=self._endpoint_has_room,
+            on_room=lambda room: self._claims.endpoint_has_room(room),
+        )
+        self._claims = ClaimLoop(
+            store=store,
+            owner=self.owner,
+            slots=self._slots,
+            outage=self._outage,
+            limits=limits,
+            max_attempts=schedule.max_attempts,
+            clock=clock,
+            routes_ready=routes.is_ready,
+            begin=self._begin,
+            unclaim=self._unclaim,
+            count=self._recorder.count,
         )
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,8 +135,7 @@ class DeliveryWorker:
     def wake(self, subscription_ids: Collection[str] = ()) -> None:
         """Tells the worker that new deliveries are due: for `subscription_ids` (after an
         ingestion), or for any subscription (none given)."""
-        self._planner.wake(subscription_ids)
-        self._wake.set()
+        self._claims.wake(subscription_ids)
 
     def offer(self, targets: Sequence[Target]) -> HandOff | None:
         """What this worker takes of the new deliveries to `targets` that ingestion is about
@@ -153,8 +144,7 @@ class DeliveryWorker:
         None: none now. The room stays held until `accept` or `withdraw`."""
         if not self._tasks or self._stopping or not self._routes.is_ready():
             return None
-        room = self._planner.hand_off_room(self._slots.free())
-        counts = self._slots.startable(targets, room=room)
+        counts = self._slots.startable(targets, room=self._claims.hand_off_room())
         if not counts:
             return None
         offer = HandOff(
@@ -172,7 +162,7 @@ class DeliveryWorker:
         busy = self._begin(deliveries, now=self._clock())
         if busy:
             # Claims took the room meanwhile. What is given back is due again.
-            self._planner.look_again()
+            self._claims.look_again()
             await self._unclaim(busy)
 
     def withdraw(self, offer: HandOff) -> None:
@@ -181,7 +171,7 @@ class DeliveryWorker:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="claim deliveries"),
+            asyncio.create_task(self._claims.run(), name="claim deliveries"),
             asyncio.create_task(self._recorder.run(), name="record attempts"),
         ]
 
@@ -189,7 +179,7 @@ class DeliveryWorker:
         """Stops claiming, lets deliveries in flight finish for `grace` seconds, records them."""
         self._stopping = True
         self._slots.close()  # `release` gives back what waits for a slot
-        self._wake.set()
+        self._claims.stop()
         if not self._tasks:
             return
         claim_loop, flush_loop = self._tasks
@@ -228,85 +218,6 @@ class DeliveryWorker:
             )
         return attempts.answered(delivery, started, result, outcome, then)
 
-    async def _claim_loop(self) -> None:
-        backoff = self._limits.poll_interval
-        while not self._stopping:
-            claim = await self._next_claim()
-            if claim is None:
-                continue
-            now = self._clock()
-            try:
-                batch = await self._claim(claim, now=now)
-            except Exception as error:
-                backoff = await self._claim_failed(error, backoff)
-                continue
-            backoff = self._limits.poll_interval
-            self._outage.ended()
-            if await self._took(claim, batch, now=now):
-                await self._idle()
-
-    async def _next_claim(self) -> Claim | None:
-        """The claim to make now, once what it needs is there; None: look again."""
-        if not self._routes.is_ready():
-            # Until the first routing table arrives every subscription looks deleted;
-            # claiming now would kill deliveries that are merely early. The first
-            # ingestion (which waits for the table too) or a poll ends the wait.
-            await self._idle()
-            return None
-        free = self._slots.free()
-        if free < self._planner.claim_room:
-            await self._slots.wait_for_room(self._planner.claim_room)
-            return None
-        claim = self._planner.next_claim(free=free, full=self._slots.full_subscriptions())
-        if claim is None and not await self._idle(max(self._limits.poll_interval, _SATURATED_POLL)):
-            # Polled: for what other replicas gave back and leases that ran out.
-            self._planner.look_again()
-        return claim
-
-    async def _claim(self, claim: Claim, *, now: datetime) -> ClaimedBatch:
-        return await store_call(
-            self._store,
-            self._store.claim,
-            owner=self.owner,
-            limit=claim.limit,
-            now=now,
-            lease=self._limits.lease,
-            max_attempts=self._schedule.max_attempts,
-            excluded=claim.excluded,
-            due_after=claim.due_after,
-            only=claim.only,
-        )
-
-    async def _claim_failed(self, error: Exception, backoff: float) -> float:
-        """Waits `backoff` seconds after a failed claim; returns the wait after the next."""
-        if isinstance(error, StoreUnavailable):
-            self._outage.failed("claiming deliveries")
-        else:
-            # Not a reason to stop claiming: a dead loop would deliver nothing more.
-            log.exception("claiming deliveries failed unexpectedly", exc_info=error)
-        log.debug("claiming again in %.2fs", backoff)
-        await self._idle(backoff)
-        return min(backoff * 2, max(MAX_CLAIM_BACKOFF_SECONDS, self._limits.poll_interval))
-
-    async def _took(self, claim: Claim, batch: ClaimedBatch, *, now: datetime) -> bool:
-        """Starts what `claim` took and gives back what does not fit; True: it found all
-        that is due."""
-        attempts.note_interrupted(batch, count=self._recorder.count)
-        waiting = self._slots.waiting
-        busy = self._begin(batch.deliveries, now=now)
-        result = ClaimResult(
-            sent=batch.deliveries,
-            dead=batch.dead,
-            given_back=len(busy),
-            queued=self._slots.waiting - waiting,
-            full=self._slots.full_subscriptions(),
-            now=now,
-        )
-        caught_up = self._planner.claimed(claim, result)
-        if busy:
-            await self._unclaim(busy)
-        return caught_up
-
     def _begin(self, claimed: list[ClaimedDelivery], *, now: datetime) -> list[str]:
         """Starts sending what this worker holds in `claimed`, or queues it for its
         endpoint; returns the ids of those to give back (their endpoints are full)."""
@@ -315,10 +226,6 @@ class DeliveryWorker:
         self._signing.sign_ahead(claimed, besides=frozenset(busy), now=now)
         return busy
 
-    def _endpoint_has_room(self, room: int) -> None:
-        self._planner.endpoint_has_room(room)
-        self._wake.set()
-
     async def _unclaim(self, ids: list[str]) -> None:
         """Gives back deliveries whose endpoint is busy, without an attempt: they stay due,
         for this worker once a slot frees or for another replica now."""
@@ -326,16 +233,3 @@ class DeliveryWorker:
             await store_call(self._store, self._store.unclaim, ids=ids, owner=self.owner)
         except StoreUnavailable:
             self._outage.failed("giving back deliveries")  # their leases expire instead
-
-    async def _idle(self, seconds: float | None = None) -> bool:
-        """Waits for `wake` (or `stop`), at most `seconds` (the poll interval by default);
-        False when the time ran out."""
-        woken = True
-        try:
-            # Not `wait_for`, which on Python 3.11 may swallow a cancellation.
-            async with asyncio.timeout(self._limits.poll_interval if seconds is None else seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            woken = False
-        self._wake.clear()
-        return woken
