@@ -8,6 +8,8 @@ the same number of requests in flight:
 - httpx: `httpx.AsyncClient` on its own connection pool;
 - httpx-aiohttp: `httpx.AsyncClient` over the `httpx-aiohttp` transport (the httpx API
   with aiohttp underneath), skipped if that package is not installed;
+- pyreqwest: the Rust reqwest client's Python binding, the other fast client considered
+  for the dispatcher, skipped if that package is not installed;
 - raw pycurl: libcurl's multi interface run flat out on a thread, no event loop at all:
   the raw limit of the library `CurlSender` drives;
 - HttpSender: the dispatcher's aiohttp sender (the fallback), with its SSRF check and
@@ -188,6 +190,22 @@ async def _dispatcher_sender(
 Factory = Callable[[str, int], Awaitable[tuple[Post, Callable[[], Awaitable[None]]]]]
 
 
+async def pyreqwest_client(
+    url: str, concurrency: int
+) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    from pyreqwest.client import ClientBuilder
+
+    client = ClientBuilder().max_connections(concurrency).build()
+
+    async def post() -> int:
+        request = client.post(url).body_bytes(BODY).headers(HEADERS).build()
+        response = await request.send()
+        await response.bytes()
+        return int(response.status)
+
+    return post, client.close
+
+
 def clients() -> dict[str, Factory]:
     found: dict[str, Factory] = {"raw aiohttp": aiohttp_client, "httpx": httpx_client}
     try:
@@ -196,6 +214,12 @@ def clients() -> dict[str, Factory]:
         print("httpx-aiohttp is not installed: skipping that client")
     else:
         found["httpx-aiohttp"] = httpx_aiohttp_client
+    try:
+        import pyreqwest  # noqa: F401
+    except ImportError:
+        print("pyreqwest is not installed: skipping that client")
+    else:
+        found["pyreqwest"] = pyreqwest_client
     found["HttpSender"] = sender_client
     found["CurlSender"] = curl_client
     return found
