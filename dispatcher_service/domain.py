@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 __all__ = [
@@ -130,6 +130,10 @@ class ClaimedBatch:
 # answer was recorded; whether its POST reached the endpoint is not known. The API shows
 # it as the attempt's error, so readers tell it by its first word.
 _INTERRUPTED_PREFIX = "interrupted:"
+# What the delivery log keeps of an attempt's error and of the answer's body (the
+# lengths of their columns).
+MAX_ERROR_CHARS = 1024
+MAX_SNIPPET_CHARS = 2048
 INTERRUPTED_ERROR = (
     f"{_INTERRUPTED_PREFIX} the dispatcher that held it stopped before an answer was recorded"
 )
@@ -159,6 +163,17 @@ class Attempt:
     @property
     def interrupted(self) -> bool:
         return self.status_code == 0 and self.error.startswith(_INTERRUPTED_PREFIX)
+
+    def as_kept(self) -> Attempt:
+        """This attempt as the delivery log keeps it: its error and the snippet of the
+        answer cut to `MAX_ERROR_CHARS` and `MAX_SNIPPET_CHARS`."""
+        if len(self.error) <= MAX_ERROR_CHARS and len(self.response_snippet) <= MAX_SNIPPET_CHARS:
+            return self
+        return replace(
+            self,
+            error=self.error[:MAX_ERROR_CHARS],
+            response_snippet=self.response_snippet[:MAX_SNIPPET_CHARS],
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -296,7 +296,7 @@ class MemoryQueue:
         if delivery is None or not _holds(delivery, owner=owner, number=completion.attempt.number):
             return False
         self._unlease(delivery)
-        delivery.attempts.append(completion.attempt)
+        delivery.attempts.append(completion.attempt.as_kept())
         delivery.attempt_count = completion.attempt.number
         delivery.state = completion.state
         delivery.next_attempt_time = completion.next_attempt_time

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-from dispatcher_service.domain import DUE_STATES
+from dispatcher_service.domain import DUE_STATES, MAX_ERROR_CHARS, MAX_SNIPPET_CHARS
 
 __all__ = [
     "DUE_CONDITION",
@@ -103,8 +103,8 @@ class AttemptRow(DispatcherTable, table=True):
     start_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
     status_code: int = 0
     latency_ms: int = 0
-    error: str = Field(default="", max_length=1024)
-    response_snippet: str = Field(default="", max_length=2048)
+    error: str = Field(default="", max_length=MAX_ERROR_CHARS)
+    response_snippet: str = Field(default="", max_length=MAX_SNIPPET_CHARS)
 
 
 class EndpointHealthRow(DispatcherTable, table=True):

@@ -470,12 +470,13 @@ class DeliveryStore:
 
 def _attempt_row(delivery_id: str, attempt: Attempt) -> dict[str, object]:
     """The columns of an attempts row, cut to their lengths."""
+    attempt = attempt.as_kept()
     return {
         "delivery_id": delivery_id,
         "number": attempt.number,
         "start_time": attempt.start_time,
         "status_code": attempt.status_code,
         "latency_ms": attempt.latency_ms,
-        "error": attempt.error[:1024],
-        "response_snippet": attempt.response_snippet[:2048],
+        "error": attempt.error,
+        "response_snippet": attempt.response_snippet,
     }

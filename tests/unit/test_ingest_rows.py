@@ -3,7 +3,10 @@ and what each event of the batch came to."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from dispatcher_service.domain import HandOff, PreparedEvent, Target
 from dispatcher_service.ingest_rows import delivery_rows, new_ids, outcomes
@@ -26,6 +29,16 @@ def test_new_ids_are_unique_and_sort_in_the_order_they_were_made() -> None:
     assert len(set(first + second)) == 1000
     assert all(len(i) == len("dlv_") + 32 for i in first)
     assert max(first)[:16] <= min(second)[:16]
+
+
+def test_ids_made_in_the_same_millisecond_sort_in_the_order_they_were_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    made = [new_ids("dlv", 3) for _ in range(20)]
+    flat = [i for batch in made for i in batch]
+    assert flat == sorted(flat)
+    assert len(set(flat)) == 60
 
 
 def test_a_hand_off_leases_the_first_deliveries_of_each_subscription_it_counts() -> None:

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Collection, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.delivery_queue import DeliveryQueue
 from dispatcher_service.domain import (
+    MAX_ERROR_CHARS,
+    MAX_SNIPPET_CHARS,
     Attempt,
     ClaimedBatch,
     ClaimedDelivery,
@@ -351,6 +354,19 @@ def test_complete_records_each_attempt_and_what_its_delivery_becomes(
         ("again", 1, retry_at)
     ]
     assert batch.interrupted == []
+
+
+def test_an_attempt_is_kept_with_its_error_and_snippet_cut_to_the_logs_lengths(
+    queue: DeliveryQueue,
+) -> None:
+    ingest(queue, event("long", S1))
+    (delivery,) = claim(queue, "a").deliveries
+    sent = answer(delivery, status=500)
+    long = replace(sent.attempt, error="e" * 5000, response_snippet="s" * 5000)
+    queue.complete([replace(sent, attempt=long)], owner="a", now=T0)
+
+    (kept,) = stored(queue, delivery.id)[1]
+    assert (len(kept.error), len(kept.response_snippet)) == (MAX_ERROR_CHARS, MAX_SNIPPET_CHARS)
 
 
 def test_an_answer_of_another_owner_is_not_recorded(queue: DeliveryQueue) -> None:
