@@ -10,7 +10,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from dispatcher_service.endpoint_slots import EndpointSlots
 from dispatcher_service.memory_queue import MemoryQueue
 from dispatcher_service.outage import Outage
 from service_common.errors import StoreUnavailable
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,14 +156,6 @@ def claimed_by_another(queue: MemoryQueue) -> list[str]:
         owner="other", limit=100, now=T0, lease=timedelta(minutes=1), max_attempts=3
     )
     return [delivery.id for delivery in batch.deliveries]
-
-
-async def until(check: Callable[[], object], *, within: float = 5.0) -> None:
-    """Waits until `check()` is true."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_due_delivery_is_claimed_leased_to_the_worker_and_begun() -> None:

@@ -4,9 +4,10 @@ on a fake store and a fake subscription service."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,6 +21,7 @@ from dispatcher_service.retry import DisablePolicy
 from dispatcher_service.routing import Route
 from dispatcher_service.signing import SignatureAlgorithm
 from service_common.errors import StoreUnavailable
+from tests import waiting
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 # Longer than any test takes: a batch recorded before it ran out was recorded at once.
@@ -133,11 +135,8 @@ def disabled(metrics: DispatcherMetrics, kind: str) -> float | None:
     )
 
 
-async def until(check: Callable[[], bool], *, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.005)
+# Recording is quick: a recorder that takes longer than this is stuck.
+until = functools.partial(waiting.until, within=2.0)
 
 
 @pytest.fixture

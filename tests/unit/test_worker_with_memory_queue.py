@@ -34,6 +34,7 @@ from dispatcher_service.sending import AttemptResult, endpoint_of
 from dispatcher_service.signing import SignatureAlgorithm
 from dispatcher_service.worker import DeliveryWorker, WorkerLimits
 from service_common.errors import StoreUnavailable
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -180,14 +181,6 @@ def prepared(message_id: str, *targets: Target) -> PreparedEvent:
 
 def states(queue: MemoryQueue) -> collections.Counter[DeliveryState]:
     return collections.Counter(queue.state_of(i) for i in queue.delivery_ids())
-
-
-async def until(check: Callable[[], object], *, within: float = 5.0) -> None:
-    """Waits until `check()` is true."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "the condition did not come true in time"
-        await asyncio.sleep(0.005)
 
 
 def all_in(queue: MemoryQueue, state: DeliveryState, count: int) -> Callable[[], bool]:
