@@ -31,6 +31,15 @@ class NewDeliveries:
     due: set[str] = field(default_factory=set)
 
 
+def first_of(events: Sequence[PreparedEvent]) -> dict[tuple[str, str], PreparedEvent]:
+    """The first of `events` with each (tenant, message id), in their order: the one
+    that is stored; any later one is a duplicate."""
+    first: dict[tuple[str, str], PreparedEvent] = {}
+    for event in events:
+        first.setdefault((event.tenant, event.message_id), event)
+    return first
+
+
 def new_ids(prefix: str, count: int) -> list[str]:
     """`count` unique ids that sort by creation time, as UUIDv7s do: 48 bits of unix
     milliseconds, a 24-bit count of the ids this process made (so that ids made in the

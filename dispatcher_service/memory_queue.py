@@ -111,9 +111,7 @@ class MemoryQueue:
         self, events: Sequence[PreparedEvent], *, now: datetime, hand_off: HandOff | None = None
     ) -> Ingested:
         """Stores new events with their deliveries; skips duplicates (see `DeliveryQueue`)."""
-        first_of: dict[tuple[str, str], PreparedEvent] = {}
-        for event in events:
-            first_of.setdefault((event.tenant, event.message_id), event)
+        first_of = ingest_rows.first_of(events)
         inserted = first_of.keys() - self._events
         self._events |= inserted
         fresh = [event for key, event in first_of.items() if key in inserted]

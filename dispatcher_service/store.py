@@ -150,9 +150,7 @@ class DeliveryStore:
         stored once; the later ones are duplicates. Given `hand_off`, the deliveries it
         asks for are stored leased to its owner (see `HandOff`) and returned, ready to send.
         """
-        first_of: dict[tuple[str, str], PreparedEvent] = {}
-        for event in events:
-            first_of.setdefault((event.tenant, event.message_id), event)
+        first_of = ingest_rows.first_of(events)
         ids = dict(zip(first_of, ingest_rows.new_ids("evt", len(first_of)), strict=True))
         with self._writing() as connection:
             inserted = self._insert_events(connection, first_of, ids, now=now)

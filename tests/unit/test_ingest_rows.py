@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dispatcher_service import ingest_rows
 from dispatcher_service.domain import HandOff, PreparedEvent, Target
 from dispatcher_service.ingest_rows import delivery_rows, new_ids, outcomes
 
@@ -66,7 +67,9 @@ def test_without_a_hand_off_every_delivery_is_due() -> None:
 
 def test_only_the_first_of_equal_message_ids_is_stored() -> None:
     first, again, other = event("m1", "a", "b"), event("m1", "a", "b"), event("m2", "a")
-    first_of = {("acme", "m1"): first, ("acme", "m2"): other}
+    first_of = ingest_rows.first_of([first, again, other])
+    assert first_of == {("acme", "m1"): first, ("acme", "m2"): other}
+    assert first_of[("acme", "m1")] is first
     found = outcomes([first, again, other], first_of, inserted={("acme", "m1")})
     assert [(o.message_id, o.duplicate, o.deliveries) for o in found] == [
         ("m1", False, 2),
