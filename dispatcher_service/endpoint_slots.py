@@ -121,14 +121,18 @@ class EndpointSlots:
 
     async def wait_for_room(self, room: int) -> None:
         """Returns once `room` deliveries may start (callers look again: a hand-off may
-        hold some of it by then)."""
+        hold some of it by then), or the slots are closed."""
+        if self._closed:
+            return
         self._room_wanted = room
         self._room.clear()
         await self._room.wait()
 
     def close(self) -> None:
-        """Starts nothing more: what waits for a slot stays leased until given back."""
+        """Starts nothing more: what waits for a slot stays leased until given back, and
+        whoever waits for room stops waiting (none is coming for it)."""
         self._closed = True
+        self._room.set()
 
     async def settle(self, grace: float) -> None:
         """Lets the deliveries running finish for `grace` seconds, cancels the rest."""

@@ -166,6 +166,16 @@ async def test_waiting_for_room_ends_when_enough_is_free(slots: Slots) -> None:
     assert waiting.done()
 
 
+async def test_waiting_for_room_ends_when_the_slots_close(slots: Slots) -> None:
+    await slots.take(*(delivery(f"{e}1", n) for n, e in enumerate("abcd")))
+    waiting = asyncio.create_task(slots.slots.wait_for_room(2))
+    await settled()
+    assert not waiting.done()  # all 4 run, none finishes
+    slots.slots.close()
+    await settled()
+    assert waiting.done()
+
+
 async def test_a_hand_off_takes_what_starts_at_once_first_come_first(slots: Slots) -> None:
     await slots.take(delivery("a1", 1))
     targets = [Target(name, url(name)) for name in ("a1", "a2", "a1", "b1", "b2", "c1")]
