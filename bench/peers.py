@@ -21,9 +21,8 @@ threads with 64 (the dispatcher's raw benches keep 64 POSTs in flight), are what
 team would try first. More concurrency does not help on 2 cores: the worker is bound by
 its CPU per task (Celery, kombu, httpx, the signature), not by waiting on POSTs. One run
 of 2,000 events per pool: prefork x2 937/s, x4 922/s, x8 1,028/s; threads x8 751/s, x16
-766/s, x64 655/s. One of 8,000 events: ours (SQLite) 5,666/s; prefork x2 998/s, threads
-x64 768/s: 5.7x (another, with tests running beside it: 2,989, 785 and 519/s, 3.8x).
-Ours runs with its defaults (16 POSTs in flight per endpoint).
+766/s, x64 655/s (the README has the figures of whole runs). Ours runs with its defaults
+(16 POSTs in flight per endpoint).
 
 Target: ours >= 10x the fastest Celery worker. `--rounds N` repeats everything N times
 and reports the medians (of the rates, and of the per-round ratios).
