@@ -129,10 +129,11 @@ class ClaimLoop:
             if claim is None:
                 continue
             now = self._clock()
+            began = self._outage.began()
             try:
                 batch = await self._claim(claim, now=now)
             except Exception as error:
-                backoff = await self._claim_failed(error, backoff)
+                backoff = await self._claim_failed(error, backoff, began=began)
                 continue
             backoff = self._limits.poll_interval
             self._outage.ended()
@@ -169,10 +170,10 @@ class ClaimLoop:
             only=claim.only,
         )
 
-    async def _claim_failed(self, error: Exception, backoff: float) -> float:
+    async def _claim_failed(self, error: Exception, backoff: float, *, began: float) -> float:
         """Waits `backoff` seconds after a failed claim; returns the wait after the next."""
         if isinstance(error, StoreUnavailable):
-            self._outage.failed("claiming deliveries")
+            self._outage.failed("claiming deliveries", began=began)
         else:
             # Not a reason to stop claiming: a dead loop would deliver nothing more.
             log.exception("claiming deliveries failed unexpectedly", exc_info=error)

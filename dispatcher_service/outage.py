@@ -39,19 +39,35 @@ async def store_call(store: InProcess, call: Callable[..., _T], /, **kwargs: Any
 
 class Outage:
     """The database as this worker last found it: one WARNING when it goes away and one
-    line when it is back, however many calls fail in between."""
+    line when it is back, however many calls fail in between.
 
-    def __init__(self) -> None:
+    Calls run concurrently (the claim loop, the recorder, giving back): a call that began
+    while the database was away can fail after another has already found it back. That
+    failure belongs to the outage that just ended, not to a new one, so a caller passes
+    `began` (from `began()`, taken before its call) and such a late failure is not told.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._since: float | None = None
+        self._ended_at: float | None = None
 
-    def failed(self, doing: str) -> None:
-        if self._since is None:
-            self._since = time.monotonic()
-            log.warning(
-                "database unavailable while %s; retrying with backoff until it is back", doing
-            )
+    def began(self) -> float:
+        """The time to pass to `failed` for a call made now."""
+        return self._clock()
+
+    def failed(self, doing: str, *, began: float | None = None) -> None:
+        if self._since is not None:
+            return
+        if began is not None and self._ended_at is not None and began < self._ended_at:
+            log.debug("a call begun before the database came back failed while %s", doing)
+            return
+        self._since = self._clock()
+        log.warning("database unavailable while %s; retrying with backoff until it is back", doing)
 
     def ended(self) -> None:
         if self._since is not None:
-            log.info("database available again after %.1fs", time.monotonic() - self._since)
+            now = self._clock()
+            log.info("database available again after %.1fs", now - self._since)
             self._since = None
+            self._ended_at = now

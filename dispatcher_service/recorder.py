@@ -159,6 +159,7 @@ class AttemptRecorder:
         `time.monotonic()` value, if given)."""
         delay = FIRST_RECORD_DELAY_SECONDS
         while True:
+            began = self._outage.began()
             try:
                 failing = await store_call(
                     self._store,
@@ -171,7 +172,7 @@ class AttemptRecorder:
             except StoreUnavailable:
                 # Keep the results: the receiver has them already; recording them late
                 # beats sending them again after the lease runs out.
-                self._outage.failed("recording attempts")
+                self._outage.failed("recording attempts", began=began)
                 if give_up_at is not None and time.monotonic() + delay > give_up_at:
                     log.warning(
                         "%d attempts not recorded: their deliveries will be sent again", len(batch)

@@ -229,7 +229,10 @@ class DeliveryWorker:
     async def _unclaim(self, ids: list[str]) -> None:
         """Gives back deliveries whose endpoint is busy, without an attempt: they stay due,
         for this worker once a slot frees or for another replica now."""
+        began = self._outage.began()
         try:
             await store_call(self._store, self._store.unclaim, ids=ids, owner=self.owner)
         except StoreUnavailable:
-            self._outage.failed("giving back deliveries")  # their leases expire instead
+            self._outage.failed(
+                "giving back deliveries", began=began
+            )  # their leases expire instead

@@ -306,8 +306,9 @@ async def test_the_dispatcher_rides_out_a_database_outage(
     assert process.process is not None
     assert process.process.poll() is None, "the dispatcher exited"
     log = "".join(process.log_lines)
-    assert log.count("database unavailable while") == 1, "one warning per outage"
-    assert log.count("database available again") == 1
+    notices = [line for line in process.log_lines if "database" in line and "available" in line]
+    assert log.count("database unavailable while") == 1, f"one warning per outage: {notices}"
+    assert log.count("database available again") == 1, notices
     assert "Traceback" not in log, log
 
 
