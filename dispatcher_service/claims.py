@@ -5,6 +5,10 @@ A due row that still has a lease had it run out (its worker was killed or stalle
 before recording an answer). The claim leaves such a row's `claim_time` as it was, and
 says so, so that the store can record the attempt cut short in the same transaction;
 rows never claimed, or given back, cost nothing more than a CASE and a comparison.
+
+A delivery whose event's payload was expunged is never claimed: there is nothing left to
+send. None should be due (see `retention`); `pruning.EventPruner.end_stranded` ends any
+that are, dead with an attempt saying why.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from dispatcher_service.models import DUE_CONDITION, DeliveryRow, EventRow
+from dispatcher_service.models import DUE_CONDITION, DeliveryRow, EventRow, payload_kept
 
 __all__ = ["claim_statement"]
 
@@ -28,6 +32,7 @@ def _due() -> sa.Select[Any]:
             sa.text(DUE_CONDITION),
             col(DeliveryRow.next_attempt_time) <= now,
             sa.or_(col(DeliveryRow.lease_expires).is_(None), col(DeliveryRow.lease_expires) < now),
+            payload_kept(col(DeliveryRow.event_id)),
         )
         .order_by(col(DeliveryRow.next_attempt_time))
     )

@@ -18,9 +18,16 @@ from dispatcher_service.domain import (
     DeliveryState,
     QueueStats,
 )
-from dispatcher_service.models import DUE_CONDITION, AttemptRow, DeliveryRow
+from dispatcher_service.models import (
+    DUE_CONDITION,
+    AttemptRow,
+    DeliveryRow,
+    EventRow,
+    payload_kept,
+)
+from dispatcher_service.retention import expunged_events_message, expunged_message
 from service_common.database import as_utc
-from service_common.errors import NotFound
+from service_common.errors import FailedPrecondition, NotFound
 
 __all__ = [
     "DeliveryCursor",
@@ -34,6 +41,7 @@ __all__ = [
 
 _DELIVERIES = DeliveryRow.__table__  # type: ignore[attr-defined]
 _ATTEMPTS = AttemptRow.__table__  # type: ignore[attr-defined]
+_EVENTS = EventRow.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,8 @@ def redeliver_event(
     subscription_id: str | None,
     now: datetime,
 ) -> list[str]:
-    """Schedules every delivery of one event (or of one subscription) for now."""
+    """Schedules every delivery of one event (or of one subscription) for now: NOT_FOUND
+    without any, FAILED_PRECONDITION once its payload was expunged."""
     where = [_DELIVERIES.c.message_id == message_id]
     if tenant is not None:
         where.append(_DELIVERIES.c.tenant == tenant)
@@ -123,7 +132,11 @@ def redeliver_failed(
     since: datetime,
     now: datetime,
 ) -> list[str]:
-    """Schedules every failed or dead delivery of a subscription created since `since`."""
+    """Schedules every failed or dead delivery of a subscription created since `since`.
+
+    Those of events whose payload was expunged are skipped (the answer has no room to
+    count them); FAILED_PRECONDITION when they are all there is, so that a replay that
+    does nothing says why."""
     where = [
         _DELIVERIES.c.subscription_id == subscription_id,
         _DELIVERIES.c.create_time >= since,
@@ -143,16 +156,48 @@ def redeliver_failed(
 def _reschedule(
     connection: sa.Connection, where: list[sa.ColumnElement[bool]], *, now: datetime
 ) -> list[str]:
+    """Makes the deliveries `where` due now, but those in flight and those of events
+    whose payload was expunged; FAILED_PRECONDITION when the latter were all there was."""
+    # Serializes this with pruning and expunging on PostgreSQL (see `pruning`): an event
+    # locked here is skipped by a batch; one a batch holds is waited for, then found gone
+    # (no deliveries left: NOT_FOUND) or expunged. SQLite ignores the lock: this
+    # transaction writes, and one writer at a time is all SQLite lets in.
+    connection.execute(
+        sa.select(_EVENTS.c.id)
+        .where(_EVENTS.c.id.in_(_event_ids(where)))
+        .with_for_update(read=True)
+    ).all()
     # Deliveries a worker holds right now are left to it: they are being sent already.
     # A lease that ran out stays, so the next claim records the attempt it cut short.
     not_in_flight = sa.or_(_DELIVERIES.c.lease_expires.is_(None), _DELIVERIES.c.lease_expires < now)
     rows = connection.execute(
         sa.update(_DELIVERIES)
-        .where(*where, not_in_flight)
+        .where(*where, not_in_flight, payload_kept(_DELIVERIES.c.event_id))
         .values(state=DeliveryState.PENDING.value, next_attempt_time=now, update_time=now)
         .returning(_DELIVERIES.c.id)
     )
-    return [row[0] for row in rows]
+    ids = [row[0] for row in rows]
+    if not ids:
+        _refuse_expunged(connection, where)
+    return ids
+
+
+def _event_ids(where: list[sa.ColumnElement[bool]]) -> sa.Select[Any]:
+    return sa.select(_DELIVERIES.c.event_id).where(*where)
+
+
+def _refuse_expunged(connection: sa.Connection, where: list[sa.ColumnElement[bool]]) -> None:
+    """FAILED_PRECONDITION, naming why, when events of the deliveries `where` have had
+    their payload expunged."""
+    expunged = connection.execute(
+        sa.select(_EVENTS.c.message_id, _EVENTS.c.payload_expunge_time)
+        .where(_EVENTS.c.id.in_(_event_ids(where)), _EVENTS.c.payload_expunge_time.is_not(None))
+        .order_by(_EVENTS.c.payload_expunge_time.desc())
+    ).all()
+    if len(expunged) == 1:
+        raise FailedPrecondition(expunged_message(expunged[0][0], as_utc(expunged[0][1])))
+    if expunged:
+        raise FailedPrecondition(expunged_events_message(len(expunged), as_utc(expunged[0][1])))
 
 
 def queue_stats(connection: sa.Connection, *, now: datetime) -> QueueStats:

@@ -56,12 +56,26 @@ class DispatcherMetrics:
             ("reason",),
             registry=self.registry,
         )
+        self.pruned_rows = Counter(
+            "webhooks_pruned_rows",
+            "Rows deleted by retention (DISPATCHER_RETENTION_DAYS), by table: events, "
+            "deliveries, attempts.",
+            ("table",),
+            registry=self.registry,
+        )
+        self.payloads_expunged = Counter(
+            "webhooks_payloads_expunged",
+            "Event payloads emptied by DISPATCHER_PAYLOAD_RETENTION_DAYS (the events stay).",
+            registry=self.registry,
+        )
         for outcome in ("accepted", "duplicate", "rejected", "throttled"):
             self.events.labels(outcome)
         for outcome in ("succeeded", "retrying", "dead"):
             self.deliveries.labels(outcome)
         for reason in ("gone", "failing"):
             self.subscriptions_disabled.labels(reason)
+        for table in ("events", "deliveries", "attempts"):
+            self.pruned_rows.labels(table)
         self._attempts = {
             status_class: self.attempt_seconds.labels(status_class)
             for status_class in ("1xx", "2xx", "3xx", "4xx", "5xx", "error")

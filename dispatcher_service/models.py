@@ -9,18 +9,20 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import registry
+from sqlalchemy.orm import Mapped, registry
 from sqlmodel import Field, SQLModel
 
 from dispatcher_service.domain import DUE_STATES, MAX_ERROR_CHARS, MAX_SNIPPET_CHARS
 
 __all__ = [
     "DUE_CONDITION",
+    "NOT_EXPUNGED_CONDITION",
     "AttemptRow",
     "DeliveryRow",
     "EndpointHealthRow",
     "EventRow",
     "metadata",
+    "payload_kept",
 ]
 
 
@@ -31,6 +33,9 @@ class DispatcherTable(SQLModel, registry=registry()):
 
 metadata = DispatcherTable.metadata
 
+# Events whose payload is still there: the payload expunge walks them oldest first.
+NOT_EXPUNGED_CONDITION = "payload_expunge_time IS NULL"
+
 # Rows a worker may claim, with the states written out: a query uses a partial index only
 # when its condition matches the index's text, which a bound parameter would not.
 DUE_CONDITION = "state IN ({})".format(", ".join(f"'{state.value}'" for state in DUE_STATES))
@@ -39,7 +44,17 @@ DUE_CONDITION = "state IN ({})".format(", ".join(f"'{state.value}'" for state in
 class EventRow(DispatcherTable, table=True):
     __tablename__ = "events"
     # A (tenant, message_id) is stored once: that is what makes a duplicate a no-op.
-    __table_args__ = (sa.UniqueConstraint("tenant", "message_id", name="uq_events_tenant_message"),)
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "message_id", name="uq_events_tenant_message"),
+        # Pruning walks events oldest first, and expunging those still holding a payload.
+        sa.Index("ix_events_created", "create_time"),
+        sa.Index(
+            "ix_events_payload_created",
+            "create_time",
+            sqlite_where=sa.text(NOT_EXPUNGED_CONDITION),
+            postgresql_where=sa.text(NOT_EXPUNGED_CONDITION),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=40)
     tenant: str = Field(max_length=64)
@@ -49,6 +64,9 @@ class EventRow(DispatcherTable, table=True):
     # so every retry and redelivery carries the same bytes.
     payload: str = Field(sa_type=sa.Text)
     create_time: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    # When the payload was emptied ('') under DISPATCHER_PAYLOAD_RETENTION_DAYS; the event
+    # is then never sent again.
+    payload_expunge_time: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
 class DeliveryRow(DispatcherTable, table=True):
@@ -73,6 +91,8 @@ class DeliveryRow(DispatcherTable, table=True):
         sa.Index("ix_deliveries_tenant_created", "tenant", "create_time", "id"),
         sa.Index("ix_deliveries_subscription", "subscription_id", "create_time"),
         sa.Index("ix_deliveries_message", "tenant", "message_id"),
+        # An event's deliveries, found (and deleted) with it when it is pruned.
+        sa.Index("ix_deliveries_event", "event_id"),
     )
 
     id: str = Field(primary_key=True, max_length=40)
@@ -115,3 +135,18 @@ class EndpointHealthRow(DispatcherTable, table=True):
     subscription_id: str = Field(primary_key=True, max_length=64)
     consecutive_failures: int = 0
     first_failure_time: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
+def payload_kept(event_id: sa.ColumnElement[str] | Mapped[str]) -> sa.ColumnElement[bool]:
+    """Whether the event `event_id` names still has its payload (see `retention`).
+
+    A correlated scalar subquery rather than NOT EXISTS: one probe of the event's primary
+    key for each delivery row read, never a join the planner might run over every event.
+    """
+    events = EventRow.__table__  # type: ignore[attr-defined]
+    return (
+        sa.select(events.c.payload_expunge_time)
+        .where(events.c.id == event_id)
+        .scalar_subquery()
+        .is_(None)
+    )

@@ -1,4 +1,5 @@
-"""Assembly and lifetime of the dispatcher: gRPC API, subscription follower, delivery worker."""
+"""Assembly and lifetime of the dispatcher: gRPC API, subscription follower, delivery
+worker, and the pruner of old events."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from dispatcher_service.http_sender import HttpSender
 from dispatcher_service.ingest import Ingestor
 from dispatcher_service.keyring import KeyRing
 from dispatcher_service.metrics import DispatcherMetrics, QueueCollector
+from dispatcher_service.pruner import Pruner
+from dispatcher_service.pruning import EventPruner
 from dispatcher_service.rate_limit import TenantRateLimiter
+from dispatcher_service.retention import RetentionPolicy
 from dispatcher_service.retry import DisablePolicy, RetrySchedule
 from dispatcher_service.sending import Timeouts
 from dispatcher_service.servicer import DispatcherServicer
@@ -55,7 +59,7 @@ else:
         SubscriptionServiceStub as SubscriptionServiceAsyncStub,
     )
 
-__all__ = ["RunningDispatcher", "create_server", "serve"]
+__all__ = ["RunningDispatcher", "create_server", "new_pruner", "serve"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DispatcherService"].full_name
@@ -75,6 +79,7 @@ class RunningDispatcher:
     keys: KeyRing
     http: HttpSite
     metrics: MetricsEndpoint
+    pruner: Pruner | None = None
 
     @property
     def http_port(self) -> int:
@@ -89,6 +94,8 @@ class RunningDispatcher:
         await self.http.stop()
         await self.server.stop(grace)
         await self.worker.stop(grace or 0.0)
+        if self.pruner is not None:
+            await self.pruner.stop()
         await self.follower.stop()
         await self.sender.aclose()
         await self.channel.close(None)
@@ -249,6 +256,9 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
     metrics_endpoint = serve_metrics(metrics.registry, settings.metrics_addr, tls)
     if settings.deliver:
         worker.start()
+    pruner = new_pruner(engine, settings, metrics, store=store)
+    if pruner is not None:
+        pruner.start()
     return RunningDispatcher(
         server=server,
         port=port,
@@ -261,6 +271,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         keys=keys,
         http=http,
         metrics=metrics_endpoint,
+        pruner=pruner,
     )
 
 
@@ -280,6 +291,26 @@ async def serve(settings: DispatcherSettings) -> None:
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await running.stop(settings.shutdown_grace_seconds)
+
+
+def new_pruner(
+    engine: Engine,
+    settings: DispatcherSettings,
+    metrics: DispatcherMetrics | None,
+    *,
+    store: DeliveryStore | None = None,
+) -> Pruner | None:
+    """The pruner the retention settings ask for; None when they keep everything."""
+    policy = RetentionPolicy.of(settings)
+    if not policy.active:
+        return None
+    return Pruner(
+        pruner=EventPruner(engine, write_turn=store.write_turn if store else None),
+        policy=policy,
+        interval=settings.prune_interval_seconds,
+        batch_size=settings.prune_batch_size,
+        metrics=metrics,
+    )
 
 
 def _new_sender(settings: DispatcherSettings) -> CurlSender | HttpSender:

@@ -67,6 +67,16 @@ class DispatcherSettings(ServiceSettings):
     publish_rate_per_tenant: float = Field(default=0.0, ge=0)
     publish_burst_per_tenant: int = Field(default=10_000, ge=1)
     metrics_addr: str = "127.0.0.1:9102"
+    # Finished events (every delivery succeeded or dead) older than this many days are
+    # deleted with their deliveries and attempts; 0 keeps everything forever.
+    retention_days: float = Field(default=30.0, ge=0)
+    # Unset: a payload lives as long as its event. Set: finished events older than this
+    # many days keep their deliveries and attempts, but their payload is emptied (and they
+    # can no longer be delivered again); at most `retention_days`, unless that is 0.
+    payload_retention_days: float | None = Field(default=None, gt=0)
+    # Time between two pruning runs, and the events one transaction of a run deletes.
+    prune_interval_seconds: float = Field(default=600.0, gt=0)
+    prune_batch_size: int = Field(default=1000, ge=1)
 
     @field_validator("allowed_target_networks", mode="before")
     @classmethod
@@ -82,5 +92,19 @@ class DispatcherSettings(ServiceSettings):
             raise ValueError(
                 f"{prefix}LEASE_SECONDS ({self.lease_seconds:g}) must exceed twice "
                 f"{prefix}ATTEMPT_TIMEOUT_SECONDS ({self.attempt_timeout_seconds:g})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _payloads_go_before_their_events(self) -> Self:
+        payload_days = self.payload_retention_days
+        if payload_days is None or not self.retention_days:
+            return self
+        if payload_days > self.retention_days:
+            prefix = self.model_config.get("env_prefix", "")
+            raise ValueError(
+                f"{prefix}PAYLOAD_RETENTION_DAYS ({payload_days:g}) must not exceed "
+                f"{prefix}RETENTION_DAYS ({self.retention_days:g}): events are deleted "
+                "with their payloads"
             )
         return self

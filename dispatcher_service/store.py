@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -126,6 +127,13 @@ class DeliveryStore:
     def in_process(self) -> bool:
         """Whether calls run inside this process (SQLite) rather than wait on a server."""
         return self._backend.in_process
+
+    def write_turn(self) -> AbstractContextManager[sa.Connection]:
+        """A connection holding this process's turn to write, before its transaction
+        begins: for another writer of the same database (pruning), so that on SQLite the
+        store's writers wait for it on a lock, woken at once, instead of sleeping in
+        SQLite's busy handler (on the event loop, for claims and records)."""
+        return self._backend.writing(self._engine, durable=True)
 
     @contextlib.contextmanager
     def _writing(self, *, durable: bool = True) -> Iterator[sa.Connection]:

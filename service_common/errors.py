@@ -7,6 +7,7 @@
      ├── NotFound             no such thing for this caller
      ├── AlreadyExists        the thing exists already
      ├── StaleEtag            the caller's etag is not the current one
+     ├── FailedPrecondition   the thing is not in a state that allows the call
      ├── ResourceExhausted    a limit was reached
      └── StoreUnavailable     the database cannot be reached
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "AlreadyExists",
+    "FailedPrecondition",
     "FieldViolation",
     "InvalidArgument",
     "NotFound",
@@ -77,6 +79,11 @@ class AlreadyExists(WebhooksError):
 
 class StaleEtag(WebhooksError):
     pass
+
+
+class FailedPrecondition(WebhooksError):
+    """The call is well formed, but what it names cannot do it any more (an event whose
+    payload was expunged cannot be delivered again); the message says why."""
 
 
 class ResourceExhausted(WebhooksError):

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from service_common.errors import (
     AlreadyExists,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -50,6 +51,9 @@ _STATUSES: dict[type[WebhooksError], HTTPStatus] = {
     NotFound: HTTPStatus.NOT_FOUND,
     AlreadyExists: HTTPStatus.CONFLICT,
     StaleEtag: HTTPStatus.PRECONDITION_FAILED,
+    # 412 answers a request's own precondition (an etag); a state of the resource that
+    # forbids the call conflicts with it (RFC 9110, 15.5.10).
+    FailedPrecondition: HTTPStatus.CONFLICT,
     ResourceExhausted: HTTPStatus.TOO_MANY_REQUESTS,
     StoreUnavailable: HTTPStatus.SERVICE_UNAVAILABLE,
 }

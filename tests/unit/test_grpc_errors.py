@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service_common.errors import (
     AlreadyExists,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -45,6 +46,10 @@ ERRORS: dict[str, tuple[Callable[[], WebhooksError], Code]] = {
     "not_found": (lambda: NotFound("no such subscription"), Code.NOT_FOUND),
     "already_exists": (lambda: AlreadyExists("exists"), Code.ALREADY_EXISTS),
     "stale_etag": (lambda: StaleEtag("changed since"), Code.FAILED_PRECONDITION),
+    "failed_precondition": (
+        lambda: FailedPrecondition("the payload of event m1 was expunged"),
+        Code.FAILED_PRECONDITION,
+    ),
     "resource_exhausted": (lambda: ResourceExhausted("too far behind"), Code.RESOURCE_EXHAUSTED),
     "store_unavailable": (lambda: StoreUnavailable("database down"), Code.UNAVAILABLE),
     "subclass": (lambda: GoneForGood("gone"), Code.NOT_FOUND),

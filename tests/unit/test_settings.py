@@ -70,3 +70,42 @@ def test_the_http_client_is_curl_unless_aiohttp_is_named(monkeypatch: pytest.Mon
     assert settings_problems(refused.value, "DISPATCHER_").startswith(
         "DISPATCHER_HTTP_CLIENT: Input should be 'curl' or 'aiohttp'"
     )
+
+
+def test_payloads_may_not_outlive_their_events_unless_events_are_kept_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = DispatcherSettings()
+    assert (defaults.retention_days, defaults.payload_retention_days) == (30, None)
+    assert (defaults.prune_interval_seconds, defaults.prune_batch_size) == (600, 1000)
+    monkeypatch.setenv("DISPATCHER_RETENTION_DAYS", "30")
+    monkeypatch.setenv("DISPATCHER_PAYLOAD_RETENTION_DAYS", "45")
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings()
+    assert settings_problems(refused.value, "DISPATCHER_") == (
+        "DISPATCHER_PAYLOAD_RETENTION_DAYS (45) must not exceed DISPATCHER_RETENTION_DAYS "
+        "(30): events are deleted with their payloads"
+    )
+    monkeypatch.setenv("DISPATCHER_RETENTION_DAYS", "0")
+    assert DispatcherSettings().payload_retention_days == 45
+    monkeypatch.setenv("DISPATCHER_PAYLOAD_RETENTION_DAYS", "30")
+    monkeypatch.setenv("DISPATCHER_RETENTION_DAYS", "30")
+    assert DispatcherSettings().payload_retention_days == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("RETENTION_DAYS", "-1", "Input should be greater than or equal to 0"),
+        ("PAYLOAD_RETENTION_DAYS", "0", "Input should be greater than 0"),
+        ("PRUNE_INTERVAL_SECONDS", "0", "Input should be greater than 0"),
+        ("PRUNE_BATCH_SIZE", "0", "Input should be greater than or equal to 1"),
+    ],
+)
+def test_retention_settings_are_refused_out_of_range(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(f"DISPATCHER_{name}", value)
+    with pytest.raises(ValidationError) as refused:
+        DispatcherSettings()
+    assert settings_problems(refused.value, "DISPATCHER_") == f"DISPATCHER_{name}: {problem}"
