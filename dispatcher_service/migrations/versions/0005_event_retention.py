@@ -9,12 +9,12 @@ partial index over those only, so expunged events are not read again at every ru
 either backend (on SQLite altering a column copies the table; adding one does not).
 
 Building the indexes holds up writes to these tables on PostgreSQL while it runs; a
-large database can have them built beforehand with CREATE INDEX CONCURRENTLY under the
-same names, and then this finds them there.
+large database can have the column added and the indexes built beforehand (CREATE INDEX
+CONCURRENTLY, under the same names), and then this finds them there.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-08
+Create Date: 2026-12-05
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ NOT_EXPUNGED = sa.text("payload_expunge_time IS NULL")
 
 
 def upgrade() -> None:
-    op.add_column(
-        "events", sa.Column("payload_expunge_time", sa.DateTime(timezone=True), nullable=True)
-    )
+    # Added beforehand by hand, perhaps (see above); SQLite has no ADD COLUMN IF NOT EXISTS.
+    columns = {column["name"] for column in sa.inspect(op.get_bind()).get_columns("events")}
+    if "payload_expunge_time" not in columns:
+        op.add_column(
+            "events", sa.Column("payload_expunge_time", sa.DateTime(timezone=True), nullable=True)
+        )
     op.create_index("ix_events_created", "events", ["create_time"], if_not_exists=True)
     op.create_index(
         "ix_events_payload_created",
