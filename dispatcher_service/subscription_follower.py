@@ -1,12 +1,18 @@
 """Keeps the dispatcher's routing table current by following `WatchSubscriptions`.
 
-Each connection builds a new table from the snapshot and swaps it in whole at the
-SNAPSHOT_COMPLETE marker, so a reconnect never serves a half-built table; the changes
-that follow are applied to it as they come. Whatever ends the stream (the subscription
-service restarting, a network failure, the watch falling too far behind), the follower
-connects again after a jittered exponential delay and re-syncs from a fresh snapshot.
-Meanwhile the last complete table keeps serving: a slightly stale table beats refusing
-every event while the subscription service restarts.
+A first connection builds a table from the snapshot and swaps it in whole at the
+SNAPSHOT_COMPLETE marker, so a half-built table is never served; the changes that follow
+are applied to it as they come. The follower remembers the change log position of the
+last message it applied (SNAPSHOT_COMPLETE's, then each change's). Whatever ends the
+stream (the subscription service restarting, a network failure, the watch falling too
+far behind), the follower connects again after a jittered exponential delay and asks to
+resume after that position: on RESUMED it keeps its table and applies the changes that
+follow, which are exactly those it missed. When the service can no longer serve that
+position (its log was pruned, or it is another database) it sends a snapshot instead,
+built into a new table and swapped in as on the first connection. A service that sends
+no positions (0) gets no resume requests. Meanwhile the last complete table keeps
+serving: a slightly stale table beats refusing every event while the subscription
+service restarts.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class SubscriptionFollower:
         self._credentials = credentials
         self._channel_options = tuple(channel_options)
         self._table = table_factory()
+        # The change log position `_table` reflects; 0 while unknown (nothing to resume).
+        self._position = 0
         self._syncs = 0
         self._warned_of_missing_secrets = False
         self._task: asyncio.Task[None] | None = None
@@ -108,8 +116,13 @@ class SubscriptionFollower:
 
     @property
     def syncs(self) -> int:
-        """How many complete snapshots have been swapped in: one per successful connection."""
+        """How many connections succeeded: a complete snapshot swapped in, or a resume."""
         return self._syncs
+
+    @property
+    def position(self) -> int:
+        """The change log position the table reflects; 0 when the service sends none."""
+        return self._position
 
     def is_ready(self) -> bool:
         return self.ready.is_set()
@@ -163,7 +176,9 @@ class SubscriptionFollower:
     async def _follow(self) -> None:
         async with self._channel() as channel:
             stub = pb_grpc.SubscriptionServiceStub(channel)
-            call = stub.WatchSubscriptions(pb.WatchSubscriptionsRequest(), metadata=self._metadata)
+            request = pb.WatchSubscriptionsRequest(resume_after=self._position)
+            call = stub.WatchSubscriptions(request, metadata=self._metadata)
+            # A new table until the stream says it resumes the current one.
             snapshot: RoutingTable | None = self._table_factory()
             async for message in call:
                 snapshot = self._handle(message, snapshot)
@@ -178,10 +193,14 @@ class SubscriptionFollower:
         return grpc.aio.insecure_channel(self._target, options=self._channel_options)
 
     def _handle(self, message: Watch, snapshot: RoutingTable | None) -> RoutingTable | None:
-        """Applies one message; returns the table still being built, None once swapped in."""
+        """Applies one message; returns the table still being built, None once the current
+        table is the one to change (swapped in, or resumed)."""
         if message.change_type == Watch.CHANGE_TYPE_SNAPSHOT_COMPLETE:
             if snapshot is not None:
-                self._swap(snapshot)
+                self._swap(snapshot, position=message.position)
+            return None
+        if message.change_type == Watch.CHANGE_TYPE_RESUMED:
+            self._resumed(message.position)
             return None
         change = _CHANGES.get(message.change_type)
         if change is None:
@@ -189,15 +208,28 @@ class SubscriptionFollower:
             return snapshot
         self._check_secret(message.subscription)
         route, message_types = _route_of(message.subscription)
-        table = snapshot if snapshot is not None else self._table
-        table.apply(change, route, message_types=message_types)
-        return snapshot
+        if snapshot is not None:
+            snapshot.apply(change, route, message_types=message_types)
+            return snapshot
+        self._table.apply(change, route, message_types=message_types)
+        self._position = message.position
+        return None
 
-    def _swap(self, table: RoutingTable) -> None:
+    def _swap(self, table: RoutingTable, *, position: int) -> None:
         self._table = table
+        self._position = position
         self._syncs += 1
         self.ready.set()
         log.info("routing table loaded: %d subscriptions", len(table))
+
+    def _resumed(self, position: int) -> None:
+        if position != self._position or not position:
+            asked, self._position = self._position, 0
+            # Changes after another position would leave the table wrong: the next
+            # connection starts over from a snapshot.
+            raise ValueError(f"asked to resume after {asked}, resumed after {position}")
+        self._syncs += 1
+        log.info("subscription watch resumed after change %d", position)
 
     def _check_secret(self, subscription: pb.Subscription) -> None:
         if subscription.has_secret and not subscription.secret:

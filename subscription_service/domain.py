@@ -85,5 +85,9 @@ class ChangeType(enum.Enum):
 
 @dataclass(frozen=True)
 class Change:
+    """A committed change: the subscription's state after it (its last state if deleted)."""
+
     type: ChangeType
     subscription: Subscription
+    # Where the change stands in the change log: later changes have greater positions.
+    position: int

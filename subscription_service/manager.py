@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from service_common.auth import Caller, Scope
 from service_common.errors import FieldViolation, InvalidArgument
 from subscription_service import validation
+from subscription_service.change_feed import ChangeFeed
+from subscription_service.change_log import ChangeLog
 from subscription_service.domain import (
     Change,
     ChangeType,
@@ -26,11 +28,11 @@ from subscription_service.domain import (
 )
 from subscription_service.pagination import decode_page_token, encode_page_token
 from subscription_service.store import SubscriptionStore
-from subscription_service.watch import ChangeHub
 
 __all__ = [
     "MUTABLE_FIELDS",
     "Page",
+    "Resumed",
     "SnapshotComplete",
     "SubscriptionFields",
     "SubscriptionManager",
@@ -67,15 +69,26 @@ class Page:
 
 @dataclass(frozen=True)
 class SnapshotComplete:
-    """Marks the end of the snapshot in a watch stream."""
+    """Marks the end of the snapshot in a watch stream; it reflects the changes up to
+    `position` of the change log."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Starts a watch stream that resumes after `position`: the changes after it follow."""
+
+    position: int
 
 
 @dataclass(frozen=True)
 class WatchItem:
-    """One subscription of the snapshot (change None) or one change after it."""
+    """One subscription of the snapshot (change None, position 0) or one change after it."""
 
     subscription: Subscription
     change: ChangeType | None
+    position: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,13 +109,19 @@ class SubscriptionManager:
         self,
         *,
         store: SubscriptionStore,
-        hub: ChangeHub,
+        changes: ChangeLog,
+        feed: ChangeFeed,
         known_message_types: Collection[str],
+        resume_limit: int = 10_000,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
+        """`resume_limit`: how many changes a watch may resume after at most; a watcher
+        further behind gets a snapshot."""
         self._store = store
-        self._hub = hub
+        self._changes = changes
+        self._feed = feed
         self._known = frozenset(known_message_types)
+        self._resume_limit = resume_limit
         self._clock = clock
 
     async def create(self, caller: Caller, fields: SubscriptionFields) -> Subscription:
@@ -126,7 +145,7 @@ class SubscriptionManager:
             secret=fields.secret or None,
         )
         created = await asyncio.to_thread(self._store.create, new, now=self._clock())
-        self._hub.publish(Change(ChangeType.CREATED, created))
+        self._feed.wake()
         return created
 
     async def get(self, caller: Caller, subscription_id: str) -> Subscription:
@@ -186,42 +205,65 @@ class SubscriptionManager:
             expected_version=_version_of(etag, field=_PREFIX + "etag"),
             now=self._clock(),
         )
-        self._hub.publish(Change(ChangeType.UPDATED, updated))
+        self._feed.wake()
         return updated
 
     async def delete(self, caller: Caller, subscription_id: str, *, etag: str) -> None:
         caller.require(Scope.SUBSCRIPTIONS_WRITE)
         _check_id(subscription_id, field="id")
-        deleted = await asyncio.to_thread(
+        await asyncio.to_thread(
             self._store.delete,
             subscription_id,
             tenant=_own_tenant(caller),
             expected_version=_version_of(etag, field="etag"),
+            now=self._clock(),
         )
-        self._hub.publish(Change(ChangeType.DELETED, deleted))
+        self._feed.wake()
 
     async def watch(
-        self, caller: Caller, *, tenant: str
-    ) -> AsyncIterator[WatchItem | SnapshotComplete]:
-        """The caller's subscriptions, a SnapshotComplete, then each later change in order."""
+        self, caller: Caller, *, tenant: str, resume_after: int = 0
+    ) -> AsyncIterator[WatchItem | SnapshotComplete | Resumed]:
+        """The caller's subscriptions, a SnapshotComplete, then each later change in order.
+
+        With `resume_after`, a Resumed and the changes after that position instead, when
+        the change log still has them all; otherwise the snapshot as without it.
+        """
         caller.require(Scope.SUBSCRIPTIONS_READ)
         only = caller.tenant_to_read(tenant)
-        # Listen before reading the snapshot, so no change committed in between is missed;
-        # versions drop what the snapshot already holds.
-        with self._hub.watch() as watcher:
-            snapshot = await asyncio.to_thread(self._store.all, tenant=only)
-            versions = {subscription.id: subscription.version for subscription in snapshot}
-            for subscription in snapshot:
-                yield WatchItem(subscription, None)
-            yield SnapshotComplete()
-            deleted: set[str] = set()
+        if resume_after < 0:
+            raise InvalidArgument.of("resume_after", "must be 0 or a position a watch sent")
+        # Listen before reading, so that no change committed in between is missed; the
+        # hub may then repeat changes already read, which positions tell apart.
+        async with self._feed.watch() as watcher:
+            last = 0
+            async for item in self._opening(only, resume_after):
+                last = max(last, item.position)
+                yield item
             async for change in watcher.changes():
-                current = change.subscription
-                if only is not None and current.tenant != only:
+                if change.position <= last or not _visible(change, only):
                     continue
-                if not _is_news(change, versions, deleted):
-                    continue
-                yield WatchItem(current, change.type)
+                last = change.position
+                yield WatchItem(change.subscription, change.type, change.position)
+
+    async def _opening(
+        self, only: str | None, resume_after: int
+    ) -> AsyncIterator[WatchItem | SnapshotComplete | Resumed]:
+        """What a watch starts with: the changes after `resume_after` if the log still
+        has them all, else the snapshot."""
+        missed = None
+        if resume_after:
+            missed = await asyncio.to_thread(
+                self._changes.resume, resume_after, tenant=only, limit=self._resume_limit
+            )
+        if missed is not None:
+            yield Resumed(resume_after)
+            for change in missed:
+                yield WatchItem(change.subscription, change.type, change.position)
+            return
+        snapshot, position = await asyncio.to_thread(self._store.snapshot, tenant=only)
+        for subscription in snapshot:
+            yield WatchItem(subscription, None)
+        yield SnapshotComplete(position)
 
     def _check_patch(self, patch: SubscriptionPatch) -> None:
         violations: list[FieldViolation] = []
@@ -244,19 +286,8 @@ class SubscriptionManager:
         _raise_if_any(violations)
 
 
-def _is_news(change: Change, versions: dict[str, int], deleted: set[str]) -> bool:
-    """Whether a change is newer than what the watcher has already been sent."""
-    subscription = change.subscription
-    if subscription.id in deleted:
-        return False
-    if change.type is ChangeType.DELETED:
-        deleted.add(subscription.id)
-        # A watcher never told of a subscription need not hear of its deletion.
-        return versions.pop(subscription.id, None) is not None
-    if versions.get(subscription.id, 0) >= subscription.version:
-        return False
-    versions[subscription.id] = subscription.version
-    return True
+def _visible(change: Change, tenant: str | None) -> bool:
+    return tenant is None or change.subscription.tenant == tenant
 
 
 def _own_tenant(caller: Caller) -> str | None:

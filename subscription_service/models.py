@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["SubscriptionMessageTypeRow", "SubscriptionRow", "metadata"]
+__all__ = ["SubscriptionChangeRow", "SubscriptionMessageTypeRow", "SubscriptionRow", "metadata"]
 
 
 class SubscriptionTable(SQLModel, registry=registry()):
@@ -49,3 +49,33 @@ class SubscriptionMessageTypeRow(SubscriptionTable, table=True):
     pattern: str = Field(max_length=200, index=True)
     # For a prefix pattern `event.claim.*`, the prefix `event.claim.`; NULL for an exact type.
     prefix: str | None = Field(default=None, max_length=200)
+
+
+class SubscriptionChangeRow(SubscriptionTable, table=True):
+    """One committed change of a subscription, in the order of `position`.
+
+    Written in the transaction of the change itself, so every replica can read every
+    change in one order (its change feed) and a watch can resume after a position.
+    """
+
+    __tablename__ = "subscription_changes"
+    # AUTOINCREMENT on SQLite: a position is never handed out twice, even after the
+    # newest row is deleted.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    # BIGSERIAL on PostgreSQL; an alias of the rowid on SQLite, which only does
+    # AUTOINCREMENT for INTEGER.
+    position: int | None = Field(
+        default=None,
+        primary_key=True,
+        sa_type=sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+    )
+    subscription_id: str = Field(max_length=40)
+    tenant: str = Field(max_length=64)
+    # created, updated or deleted.
+    change_type: str = Field(max_length=16)
+    version: int
+    # The subscription after the change as JSON; for a deletion its last state, secret removed.
+    state: str
+    # Pruning deletes by age.
+    change_time: datetime = Field(sa_type=sa.DateTime(timezone=True), index=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -23,6 +24,8 @@ from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import MetricsEndpoint, serve_metrics
 from service_common.ports import check_free
 from service_common.tls import server_tls_of, tls_note
+from subscription_service.change_feed import ChangeFeed
+from subscription_service.change_log import ChangeLog
 from subscription_service.database import create_engine, migrate
 from subscription_service.manager import SubscriptionManager
 from subscription_service.metrics import SubscriptionCollector
@@ -46,6 +49,7 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     hub: ChangeHub
+    feed: ChangeFeed
     health: HealthServicer
     engine: Engine
     metrics: MetricsEndpoint
@@ -59,6 +63,7 @@ class RunningServer:
         # Watch streams never end by themselves; close them so shutdown does not wait out the grace.
         self.hub.close()
         await self.server.stop(grace)
+        await self.feed.stop()
         self.metrics.close()
         await dispose_when_returned(self.engine)
 
@@ -90,8 +95,20 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, engine)
     hub = ChangeHub(queue_size=settings.watch_queue_size)
-    store = SubscriptionStore(engine)
-    manager = SubscriptionManager(store=store, hub=hub, known_message_types=known_message_types())
+    store, changes = SubscriptionStore(engine), ChangeLog(engine)
+    feed = ChangeFeed(
+        changes,
+        hub,
+        poll_seconds=settings.change_poll_seconds,
+        retention=timedelta(hours=settings.change_log_retention_hours),
+    )
+    manager = SubscriptionManager(
+        store=store,
+        changes=changes,
+        feed=feed,
+        known_message_types=known_message_types(),
+        resume_limit=settings.watch_queue_size,
+    )
     registry = CollectorRegistry()
     registry.register(SubscriptionCollector(store.count_by_enabled))
     server = new_server(metrics=registry, tracing_exporter=settings.tracing_exporter)
@@ -103,10 +120,12 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
     health_servicer = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
     port = add_port(server, settings.grpc_addr, tls)
     await server.start()
+    feed.start()
     return RunningServer(
         server=server,
         port=port,
         hub=hub,
+        feed=feed,
         health=health_servicer,
         engine=engine,
         metrics=serve_metrics(registry, settings.metrics_addr, tls),

@@ -19,6 +19,7 @@ from subscription_service.domain import (
 )
 from subscription_service.manager import (
     MUTABLE_FIELDS,
+    Resumed,
     SnapshotComplete,
     SubscriptionFields,
     SubscriptionManager,
@@ -40,6 +41,10 @@ _CHANGES_TO_PB = {
     ChangeType.CREATED: pb.WatchSubscriptionsResponse.CHANGE_TYPE_CREATED,
     ChangeType.UPDATED: pb.WatchSubscriptionsResponse.CHANGE_TYPE_UPDATED,
     ChangeType.DELETED: pb.WatchSubscriptionsResponse.CHANGE_TYPE_DELETED,
+}
+_MARKERS_TO_PB = {
+    SnapshotComplete: pb.WatchSubscriptionsResponse.CHANGE_TYPE_SNAPSHOT_COMPLETE,
+    Resumed: pb.WatchSubscriptionsResponse.CHANGE_TYPE_RESUMED,
 }
 
 
@@ -120,15 +125,19 @@ class SubscriptionServicer(pb_grpc.SubscriptionServiceServicer):
         caller = self._caller(context)
         # Only the platform's own identity (admin of every tenant) needs secrets: to sign.
         with_secret = caller.all_tenants and Scope.ADMIN in caller.scopes
-        async for item in self._manager.watch(caller, tenant=request.tenant):
-            if isinstance(item, SnapshotComplete):
+        items = self._manager.watch(
+            caller, tenant=request.tenant, resume_after=request.resume_after
+        )
+        async for item in items:
+            if isinstance(item, SnapshotComplete | Resumed):
                 yield pb.WatchSubscriptionsResponse(
-                    change_type=pb.WatchSubscriptionsResponse.CHANGE_TYPE_SNAPSHOT_COMPLETE
+                    change_type=_MARKERS_TO_PB[type(item)], position=item.position
                 )
                 continue
             yield pb.WatchSubscriptionsResponse(
                 change_type=_CHANGES_TO_PB[item.change],
                 subscription=_to_pb(item.subscription, with_secret=with_secret),
+                position=item.position,
             )
 
 

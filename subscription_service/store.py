@@ -1,8 +1,9 @@
-"""Persistence of subscriptions: the only module that speaks SQL.
+"""Persistence of subscriptions: with `change_log`, the only modules that speak SQL.
 
-Every method is synchronous (SQLAlchemy's blocking API); the manager runs them in a
-worker thread. Database failures leave as `StoreUnavailable`, so callers see
-UNAVAILABLE instead of a crash.
+Every write also appends its change to the change log, in the same transaction. Every
+method is synchronous (SQLAlchemy's blocking API); the manager runs them in a worker
+thread. Database failures leave as `StoreUnavailable`, so callers see UNAVAILABLE instead
+of a crash.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from service_common.database import as_utc, unavailable_on_database_errors
 from service_common.errors import InvalidArgument, NotFound, StaleEtag
+from subscription_service import change_log
 from subscription_service.domain import (
+    ChangeType,
     ListQuery,
     NewSubscription,
     SignatureAlgorithm,
@@ -63,13 +66,14 @@ class SubscriptionStore:
             create_time=now,
             update_time=now,
         )
+        created = _to_domain(row, new.message_types)
         with Session(self._engine) as session:
             session.add(row)
             session.flush()
             session.add_all(_message_type_rows(row.id, new.message_types))
+            change_log.append(session, ChangeType.CREATED, created, now=now)
             session.commit()
-            session.refresh(row)
-            return _to_domain(row, new.message_types)
+        return created
 
     @unavailable_on_database_errors
     def get(self, subscription_id: str, *, tenant: str | None) -> Subscription:
@@ -104,14 +108,18 @@ class SubscriptionStore:
         return page, following
 
     @unavailable_on_database_errors
-    def all(self, *, tenant: str | None) -> list[Subscription]:
+    def snapshot(self, *, tenant: str | None) -> tuple[list[Subscription], int]:
+        """Every subscription (of `tenant`) and the change log position they reflect, both
+        read as of one moment: the changes after that position are exactly those the
+        subscriptions do not show yet."""
         statement = select(SubscriptionRow).order_by(
             col(SubscriptionRow.create_time), col(SubscriptionRow.id)
         )
         if tenant is not None:
             statement = statement.where(SubscriptionRow.tenant == tenant)
-        with Session(self._engine) as session:
-            return _with_message_types(session, list(session.exec(statement)))
+        with change_log.consistent_read(self._engine) as session:
+            found = _with_message_types(session, list(session.exec(statement)))
+            return found, change_log.newest_position(session)
 
     @unavailable_on_database_errors
     def count_by_enabled(self) -> dict[bool, int]:
@@ -160,13 +168,20 @@ class SubscriptionStore:
                     )
                 )
                 session.add_all(_message_type_rows(row.id, patch.message_types))
+            session.refresh(row)
+            updated = _to_domain(row, _message_types_of(session, [row.id])[row.id])
+            change_log.append(session, ChangeType.UPDATED, updated, now=now)
             session.commit()
-            updated = _find(session, subscription_id, tenant=tenant)
-            return _to_domain(updated, _message_types_of(session, [row.id])[row.id])
+            return updated
 
     @unavailable_on_database_errors
     def delete(
-        self, subscription_id: str, *, tenant: str | None, expected_version: int | None
+        self,
+        subscription_id: str,
+        *,
+        tenant: str | None,
+        expected_version: int | None,
+        now: datetime,
     ) -> Subscription:
         """Deletes a subscription and returns its last state."""
         with self._writes, Session(self._engine) as session:
@@ -182,6 +197,7 @@ class SubscriptionStore:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise StaleEtag("the subscription changed while it was being deleted")
+            change_log.append(session, ChangeType.DELETED, last, now=now)
             session.commit()
             return last
 

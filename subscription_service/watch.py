@@ -1,4 +1,8 @@
-"""Fan-out of committed changes to the open WatchSubscriptions streams of this process."""
+"""Fan-out of committed changes to the open WatchSubscriptions streams of this process.
+
+The change feed publishes every change of the change log here, in the log's order,
+whichever replica made it.
+"""
 
 from __future__ import annotations
 

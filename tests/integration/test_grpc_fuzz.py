@@ -368,10 +368,14 @@ def _no_deliveries(outcome: Outcome) -> list[str]:
 
 
 def _snapshot_is_complete(response: Message) -> bool:
-    return (
-        isinstance(response, subscription_pb.WatchSubscriptionsResponse)
-        and response.change_type
-        == subscription_pb.WatchSubscriptionsResponse.CHANGE_TYPE_SNAPSHOT_COMPLETE
+    """The end of the snapshot, or the start of a resumed watch (a request naming a
+    position the log still has): either way the stream has answered and goes on idle."""
+    return isinstance(response, subscription_pb.WatchSubscriptionsResponse) and (
+        response.change_type
+        in (
+            subscription_pb.WatchSubscriptionsResponse.CHANGE_TYPE_SNAPSHOT_COMPLETE,
+            subscription_pb.WatchSubscriptionsResponse.CHANGE_TYPE_RESUMED,
+        )
     )
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar, cast
 
 import pytest
 
 from service_common.auth import ALL_TENANTS, Caller, Scope
-from service_common.errors import PermissionDenied, ResourceExhausted
+from service_common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from subscription_service.change_feed import ChangeFeed
+from subscription_service.change_log import ChangeLog
 from subscription_service.domain import Change, ChangeType, SignatureAlgorithm, Subscription
-from subscription_service.manager import SnapshotComplete, SubscriptionManager, WatchItem
+from subscription_service.manager import Resumed, SnapshotComplete, SubscriptionManager, WatchItem
 from subscription_service.store import SubscriptionStore
 from subscription_service.watch import ChangeHub
 
@@ -41,8 +43,10 @@ def subscription(id_: str, version: int = 1, *, tenant: str = "acme") -> Subscri
     )
 
 
-def change(kind: ChangeType, id_: str, version: int = 1, *, tenant: str = "acme") -> Change:
-    return Change(kind, subscription(id_, version, tenant=tenant))
+def change(
+    kind: ChangeType, id_: str, version: int = 1, *, tenant: str = "acme", position: int = 0
+) -> Change:
+    return Change(kind, subscription(id_, version, tenant=tenant), position)
 
 
 async def collect(stream: AsyncIterator[T]) -> list[T]:
@@ -136,56 +140,87 @@ async def test_overflow_ends_only_the_slow_watcher_with_resource_exhausted() -> 
             await next_of(slow_stream)
 
 
-# SubscriptionManager.watch over a fake store
+# SubscriptionManager.watch over a fake store and change log
 
 
 class FakeStore:
-    """Only what `watch` reads: every subscription, as of the moment it is read.
+    """Only what `watch` reads: the snapshot and its position, and the log after a position.
 
     `during_read` are changes committed while the snapshot is being read: they are
     published to the hub from the store's thread, before the snapshot is returned, as
-    happens when another request commits between the watch listening and reading.
+    the change feed does when another request commits between the watch listening and
+    reading. The snapshot reflects them, and the log's newest position is theirs.
     """
 
-    def __init__(self, rows: Iterable[Subscription], *, hub: ChangeHub) -> None:
+    def __init__(self, rows: Iterable[Subscription], *, hub: ChangeHub, position: int = 0) -> None:
         self.rows = {row.id: row for row in rows}
         self.hub = hub
+        self.position = position
+        self.log: list[Change] = []
         self.during_read: list[Change] = []
         self.tenants_read: list[str | None] = []
         self._loop = asyncio.get_running_loop()
 
-    def all(self, *, tenant: str | None) -> list[Subscription]:
+    def snapshot(self, *, tenant: str | None) -> tuple[list[Subscription], int]:
         self.tenants_read.append(tenant)
         for committed in self.during_read:
             self.apply(committed)
             self._loop.call_soon_threadsafe(self.hub.publish, committed)
-        return [row for row in self.rows.values() if tenant is None or row.tenant == tenant]
+        found = [row for row in self.rows.values() if tenant is None or row.tenant == tenant]
+        return found, self.position
 
     def apply(self, committed: Change) -> None:
+        self.log.append(committed)
+        self.position = committed.position
         if committed.type is DELETED:
             self.rows.pop(committed.subscription.id, None)
         else:
             self.rows[committed.subscription.id] = committed.subscription
 
+    # What the manager reads of the change log.
+
+    def newest(self) -> int:
+        return self.position
+
+    def resume(self, after: int, *, tenant: str | None, limit: int) -> list[Change] | None:
+        if after > self.position:
+            return None
+        self.tenants_read.append(tenant)
+        return [
+            c
+            for c in self.log
+            if c.position > after and (tenant is None or c.subscription.tenant == tenant)
+        ]
+
 
 def manager_over(store: FakeStore) -> SubscriptionManager:
+    feed = ChangeFeed(
+        cast(ChangeLog, store), store.hub, poll_seconds=1, retention=timedelta(hours=1)
+    )
     return SubscriptionManager(
-        store=cast(SubscriptionStore, store), hub=store.hub, known_message_types=()
+        store=cast(SubscriptionStore, store),
+        changes=cast(ChangeLog, store),
+        feed=feed,
+        known_message_types=(),
     )
 
 
-Sent = tuple[str, str, int] | str
+Sent = tuple[str, str, int, int] | tuple[str, int]
+Item = WatchItem | SnapshotComplete | Resumed
 
 
-def sent(items: list[WatchItem | SnapshotComplete]) -> list[Sent]:
-    """The stream as (what, id, version) tuples, with the end of the snapshot as a marker."""
+def sent(items: list[Item]) -> list[Sent]:
+    """The stream as (what, id, version, position) tuples, markers as (what, position)."""
     return [
-        "snapshot complete"
+        ("snapshot complete", item.position)
         if isinstance(item, SnapshotComplete)
+        else ("resumed", item.position)
+        if isinstance(item, Resumed)
         else (
             item.change.value if item.change else "snapshot",
             item.subscription.id,
             item.subscription.version,
+            item.position,
         )
         for item in items
     ]
@@ -193,92 +228,64 @@ def sent(items: list[WatchItem | SnapshotComplete]) -> list[Sent]:
 
 async def test_watch_sends_the_snapshot_its_end_then_each_change_in_order() -> None:
     hub = ChangeHub(queue_size=100)
-    store = FakeStore([subscription("sub_a", 1), subscription("sub_b", 3)], hub=hub)
+    store = FakeStore([subscription("sub_a", 1), subscription("sub_b", 3)], hub=hub, position=7)
     stream = manager_over(store).watch(ACME_READER, tenant="")
     head = [await next_of(stream) for _ in range(3)]
     for published in (
-        change(CREATED, "sub_c", 1),
-        change(UPDATED, "sub_a", 2),
-        change(DELETED, "sub_b", 3),
-        change(UPDATED, "sub_c", 2),
+        change(CREATED, "sub_c", 1, position=8),
+        change(UPDATED, "sub_a", 2, position=9),
+        change(DELETED, "sub_b", 3, position=11),
+        change(UPDATED, "sub_c", 2, position=12),
     ):
         hub.publish(published)
     hub.close()
 
     assert sent(head + await collect(stream)) == [
-        ("snapshot", "sub_a", 1),
-        ("snapshot", "sub_b", 3),
-        "snapshot complete",
-        ("created", "sub_c", 1),
-        ("updated", "sub_a", 2),
-        ("deleted", "sub_b", 3),
-        ("updated", "sub_c", 2),
+        ("snapshot", "sub_a", 1, 0),
+        ("snapshot", "sub_b", 3, 0),
+        ("snapshot complete", 7),
+        ("created", "sub_c", 1, 8),
+        ("updated", "sub_a", 2, 9),
+        ("deleted", "sub_b", 3, 11),
+        ("updated", "sub_c", 2, 12),
     ]
     assert store.tenants_read == ["acme"]
     assert len(hub) == 0
 
 
-async def test_changes_already_in_the_snapshot_are_not_sent_again() -> None:
+async def test_changes_the_snapshot_already_reflects_are_not_sent_again() -> None:
     hub = ChangeHub(queue_size=100)
-    store = FakeStore([subscription("sub_a", 1)], hub=hub)
+    store = FakeStore([subscription("sub_a", 1)], hub=hub, position=1)
     store.during_read = [
-        change(UPDATED, "sub_a", 2),
-        change(CREATED, "sub_b", 1),
-        change(CREATED, "sub_gone", 1),
-        change(DELETED, "sub_gone", 1),
+        change(UPDATED, "sub_a", 2, position=2),
+        change(CREATED, "sub_b", 1, position=3),
+        change(CREATED, "sub_gone", 1, position=4),
+        change(DELETED, "sub_gone", 1, position=5),
     ]
     stream = manager_over(store).watch(ACME_READER, tenant="")
     head = [await next_of(stream) for _ in range(3)]
-    hub.publish(change(UPDATED, "sub_a", 3))
+    hub.publish(change(UPDATED, "sub_a", 3, position=6))
     hub.close()
 
     assert sent(head + await collect(stream)) == [
-        ("snapshot", "sub_a", 2),
-        ("snapshot", "sub_b", 1),
-        "snapshot complete",
-        # Created and deleted while the snapshot was read: told both, ending consistent.
-        ("created", "sub_gone", 1),
-        ("deleted", "sub_gone", 1),
-        ("updated", "sub_a", 3),
+        ("snapshot", "sub_a", 2, 0),
+        ("snapshot", "sub_b", 1, 0),
+        ("snapshot complete", 5),
+        ("updated", "sub_a", 3, 6),
     ]
 
 
-async def test_an_older_version_published_late_is_dropped() -> None:
+async def test_a_change_published_again_or_out_of_order_is_dropped() -> None:
     hub = ChangeHub(queue_size=100)
-    store = FakeStore([subscription("sub_a", 1)], hub=hub)
+    store = FakeStore([subscription("sub_a", 1)], hub=hub, position=1)
     stream = manager_over(store).watch(ACME_READER, tenant="")
     head = [await next_of(stream) for _ in range(2)]
-    # Two updates committed as versions 2 then 3, published in the other order.
-    hub.publish(change(UPDATED, "sub_a", 3))
-    hub.publish(change(UPDATED, "sub_a", 2))
-    hub.publish(change(UPDATED, "sub_a", 1))
+    hub.publish(change(UPDATED, "sub_a", 3, position=3))
+    hub.publish(change(UPDATED, "sub_a", 3, position=3))
+    hub.publish(change(UPDATED, "sub_a", 2, position=2))
     hub.close()
 
-    assert sent(head + await collect(stream))[2:] == [("updated", "sub_a", 3)]
-
-
-async def test_nothing_about_a_deleted_subscription_is_sent_after_its_deletion() -> None:
-    hub = ChangeHub(queue_size=100)
-    store = FakeStore([subscription("sub_a", 4)], hub=hub)
-    stream = manager_over(store).watch(ACME_READER, tenant="")
-    head = [await next_of(stream) for _ in range(2)]
-    hub.publish(change(DELETED, "sub_a", 4))
-    hub.publish(change(UPDATED, "sub_a", 5))
-    hub.publish(change(DELETED, "sub_a", 5))
-    hub.close()
-
-    assert sent(head + await collect(stream))[2:] == [("deleted", "sub_a", 4)]
-
-
-async def test_the_deletion_of_a_subscription_never_sent_is_not_sent() -> None:
-    hub = ChangeHub(queue_size=100)
-    store = FakeStore([], hub=hub)
-    stream = manager_over(store).watch(ACME_READER, tenant="")
-    assert await next_of(stream) == SnapshotComplete()
-    hub.publish(change(DELETED, "sub_unseen", 2))
-    hub.close()
-
-    assert await collect(stream) == []
+    assert sent(head + await collect(stream))[2:] == [("updated", "sub_a", 3, 3)]
 
 
 async def test_a_tenant_watch_sees_only_its_tenant() -> None:
@@ -286,13 +293,17 @@ async def test_a_tenant_watch_sees_only_its_tenant() -> None:
     store = FakeStore([subscription("sub_a"), subscription("sub_g", tenant="globex")], hub=hub)
     stream = manager_over(store).watch(ACME_READER, tenant="")
     head = [await next_of(stream) for _ in range(2)]
-    hub.publish(change(CREATED, "sub_g2", tenant="globex"))
-    hub.publish(change(UPDATED, "sub_g", 2, tenant="globex"))
-    hub.publish(change(CREATED, "sub_a2"))
+    hub.publish(change(CREATED, "sub_g2", tenant="globex", position=1))
+    hub.publish(change(UPDATED, "sub_g", 2, tenant="globex", position=2))
+    hub.publish(change(CREATED, "sub_a2", position=3))
     hub.close()
 
     items = head + await collect(stream)
-    assert sent(items) == [("snapshot", "sub_a", 1), "snapshot complete", ("created", "sub_a2", 1)]
+    assert sent(items) == [
+        ("snapshot", "sub_a", 1, 0),
+        ("snapshot complete", 0),
+        ("created", "sub_a2", 1, 3),
+    ]
     assert store.tenants_read == ["acme"]
 
 
@@ -303,23 +314,72 @@ async def test_a_watch_for_every_tenant_sees_every_tenant_or_the_one_named() -> 
     globex_only = manager_over(store).watch(PLATFORM, tenant="globex")
     everything_head = [await next_of(everything) for _ in range(3)]
     globex_head = [await next_of(globex_only) for _ in range(2)]
-    hub.publish(change(CREATED, "sub_a2"))
-    hub.publish(change(CREATED, "sub_g2", tenant="globex"))
+    hub.publish(change(CREATED, "sub_a2", position=1))
+    hub.publish(change(CREATED, "sub_g2", tenant="globex", position=2))
     hub.close()
 
     assert sent(everything_head + await collect(everything)) == [
-        ("snapshot", "sub_a", 1),
-        ("snapshot", "sub_g", 1),
-        "snapshot complete",
-        ("created", "sub_a2", 1),
-        ("created", "sub_g2", 1),
+        ("snapshot", "sub_a", 1, 0),
+        ("snapshot", "sub_g", 1, 0),
+        ("snapshot complete", 0),
+        ("created", "sub_a2", 1, 1),
+        ("created", "sub_g2", 1, 2),
     ]
     assert sent(globex_head + await collect(globex_only)) == [
-        ("snapshot", "sub_g", 1),
-        "snapshot complete",
-        ("created", "sub_g2", 1),
+        ("snapshot", "sub_g", 1, 0),
+        ("snapshot complete", 0),
+        ("created", "sub_g2", 1, 2),
     ]
     assert store.tenants_read == [None, "globex"]
+
+
+async def test_a_resumed_watch_sends_the_missed_changes_then_the_new_ones() -> None:
+    hub = ChangeHub(queue_size=100)
+    store = FakeStore([], hub=hub)
+    for committed in (
+        change(CREATED, "sub_a", 1, position=1),
+        change(CREATED, "sub_g", 1, tenant="globex", position=2),
+        change(UPDATED, "sub_a", 2, position=3),
+        change(DELETED, "sub_a", 2, position=4),
+    ):
+        store.apply(committed)
+    stream = manager_over(store).watch(ACME_READER, tenant="", resume_after=1)
+    head = [await next_of(stream) for _ in range(3)]
+    # The feed may still publish what the resumed watch read from the log.
+    hub.publish(change(DELETED, "sub_a", 2, position=4))
+    hub.publish(change(CREATED, "sub_b", 1, position=5))
+    hub.close()
+
+    assert sent(head + await collect(stream)) == [
+        ("resumed", 1),
+        ("updated", "sub_a", 2, 3),
+        ("deleted", "sub_a", 2, 4),
+        ("created", "sub_b", 1, 5),
+    ]
+    assert store.tenants_read == ["acme"], "the log is read, not the snapshot"
+
+
+async def test_a_watch_resuming_where_the_log_cannot_serve_gets_a_snapshot() -> None:
+    hub = ChangeHub(queue_size=100)
+    store = FakeStore([], hub=hub)
+    store.apply(change(CREATED, "sub_a", 1, position=1))
+    stream = manager_over(store).watch(ACME_READER, tenant="", resume_after=9)
+    head = [await next_of(stream) for _ in range(2)]
+    hub.close()
+
+    assert sent(head + await collect(stream)) == [
+        ("snapshot", "sub_a", 1, 0),
+        ("snapshot complete", 1),
+    ]
+
+
+async def test_a_negative_resume_position_is_invalid() -> None:
+    hub = ChangeHub(queue_size=100)
+    store = FakeStore([], hub=hub)
+    with pytest.raises(InvalidArgument) as refused:
+        await next_of(manager_over(store).watch(ACME_READER, tenant="", resume_after=-1))
+    assert [v.field for v in refused.value.violations] == ["resume_after"]
+    assert len(hub) == 0
 
 
 async def test_a_watch_without_the_read_scope_is_denied_before_listening() -> None:
@@ -344,12 +404,12 @@ async def test_a_watch_that_falls_behind_ends_with_resource_exhausted() -> None:
     hub = ChangeHub(queue_size=2)
     store = FakeStore([], hub=hub)
     stream = manager_over(store).watch(ACME_READER, tenant="")
-    assert await next_of(stream) == SnapshotComplete()
+    assert await next_of(stream) == SnapshotComplete(0)
     for i in range(3):
-        hub.publish(change(CREATED, f"sub_{i}"))
+        hub.publish(change(CREATED, f"sub_{i}", position=i + 1))
     assert sent([await next_of(stream) for _ in range(2)]) == [
-        ("created", "sub_0", 1),
-        ("created", "sub_1", 1),
+        ("created", "sub_0", 1, 1),
+        ("created", "sub_1", 1, 2),
     ]
     with pytest.raises(ResourceExhausted):
         await next_of(stream)

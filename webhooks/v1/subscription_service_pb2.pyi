@@ -416,18 +416,27 @@ class WatchSubscriptionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """For tokens of every tenant (`*`): only this tenant; every tenant when empty.
     Others may leave it empty or give their own tenant.
+    """
+    resume_after: _builtins.int
+    """The `position` of the last message a previous watch applied: the stream
+    resumes after it with a RESUMED marker and no snapshot. When the server no
+    longer has every change after it (or never had it), the stream starts with
+    a snapshot as usual, and the client rebuilds its state from it. 0 (unset)
+    always starts with a snapshot. Negative is INVALID_ARGUMENT.
     """
     def __init__(
         self,
         *,
         tenant: _builtins.str = ...,
+        resume_after: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_after", b"resume_after", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,6 +466,10 @@ class WatchSubscriptionsResponse(_message.Message):
         """A subscription was updated; it carries the new state."""
         CHANGE_TYPE_DELETED: WatchSubscriptionsResponse._ChangeType.ValueType  # 5
         """A subscription was deleted; it carries the last state."""
+        CHANGE_TYPE_RESUMED: WatchSubscriptionsResponse._ChangeType.ValueType  # 6
+        """The stream resumes after the request's `resume_after`: no snapshot is
+        sent, the changes after it follow. Carries no subscription.
+        """
 
     class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
         """What happened."""
@@ -473,11 +486,23 @@ class WatchSubscriptionsResponse(_message.Message):
     """A subscription was updated; it carries the new state."""
     CHANGE_TYPE_DELETED: WatchSubscriptionsResponse.ChangeType.ValueType  # 5
     """A subscription was deleted; it carries the last state."""
+    CHANGE_TYPE_RESUMED: WatchSubscriptionsResponse.ChangeType.ValueType  # 6
+    """The stream resumes after the request's `resume_after`: no snapshot is
+    sent, the changes after it follow. Carries no subscription.
+    """
 
     CHANGE_TYPE_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     change_type: Global___WatchSubscriptionsResponse.ChangeType.ValueType
     """What happened."""
+    position: _builtins.int
+    """Where the stream stands in the service's log of changes, which grows with
+    every change: on CREATED, UPDATED and DELETED the change's own position; on
+    SNAPSHOT_COMPLETE the position the snapshot reflects; on RESUMED the
+    request's `resume_after`. 0 on SNAPSHOT, and from servers without a log.
+    Send the last one applied as `resume_after` to resume after a disconnect.
+    """
     @_builtins.property
     def subscription(self) -> Global___Subscription:
         """The subscription it happened to. The `secret` is included only for tokens
@@ -489,10 +514,11 @@ class WatchSubscriptionsResponse(_message.Message):
         *,
         change_type: Global___WatchSubscriptionsResponse.ChangeType.ValueType = ...,
         subscription: Global___Subscription | None = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "position", b"position", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -125,6 +125,9 @@ class SubscriptionServiceServicer:
     def WatchSubscriptions(self, request, context):
         """Streams every subscription the caller may see (the snapshot), then a
         SNAPSHOT_COMPLETE marker, then every change as it is committed, in order.
+        Any replica serves every change, whichever replica made it. With
+        `resume_after` it starts with a RESUMED marker instead, then the changes
+        after that position, when the server still has them all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,6 +58,9 @@ class SubscriptionServiceStub:
     WatchSubscriptions: _grpc.UnaryStreamMultiCallable[_subscription_service_pb2.WatchSubscriptionsRequest, _subscription_service_pb2.WatchSubscriptionsResponse]
     """Streams every subscription the caller may see (the snapshot), then a
     SNAPSHOT_COMPLETE marker, then every change as it is committed, in order.
+    Any replica serves every change, whichever replica made it. With
+    `resume_after` it starts with a RESUMED marker instead, then the changes
+    after that position, when the server still has them all.
     """
 
 @_typing.type_check_only
@@ -90,6 +93,9 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     WatchSubscriptions: _aio.UnaryStreamMultiCallable[_subscription_service_pb2.WatchSubscriptionsRequest, _subscription_service_pb2.WatchSubscriptionsResponse]  # type: ignore[assignment]
     """Streams every subscription the caller may see (the snapshot), then a
     SNAPSHOT_COMPLETE marker, then every change as it is committed, in order.
+    Any replica serves every change, whichever replica made it. With
+    `resume_after` it starts with a RESUMED marker instead, then the changes
+    after that position, when the server still has them all.
     """
 
 class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +161,9 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_subscription_service_pb2.WatchSubscriptionsResponse], _abc.AsyncIterator[_subscription_service_pb2.WatchSubscriptionsResponse]]:
         """Streams every subscription the caller may see (the snapshot), then a
         SNAPSHOT_COMPLETE marker, then every change as it is committed, in order.
+        Any replica serves every change, whichever replica made it. With
+        `resume_after` it starts with a RESUMED marker instead, then the changes
+        after that position, when the server still has them all.
         """
 
 def add_SubscriptionServiceServicer_to_server(servicer: SubscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
