@@ -120,9 +120,10 @@ class Run:
         return self.succeeded < self.expected
 
 
-async def subscribe(setup: Setup, url: str, *, tenant: str = "bench") -> None:
+async def subscribe(setup: Setup, url: str, *, tenant: str = "bench") -> str:
+    """Subscribes `tenant` to `url`; returns the new subscription's id."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{setup.subscriptions.port}") as channel:
-        await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
+        created = await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
             sub_pb.CreateSubscriptionRequest(
                 subscription=sub_pb.Subscription(
                     tenant=tenant, url=url, message_types=["event.claim.*"]
@@ -130,6 +131,7 @@ async def subscribe(setup: Setup, url: str, *, tenant: str = "bench") -> None:
             ),
             metadata=AUTH,
         )
+    return created.subscription.id
 
 
 def succeeded_by_url(engine: sa.Engine) -> dict[str, int]:

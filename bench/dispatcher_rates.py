@@ -203,6 +203,8 @@ class Setup:
     url: str
     # The dispatcher's database: SQLite in `directory` unless given.
     database: str | None = None
+    # The id of the subscription of tenant `bench` to `url`.
+    subscription_id: str = ""
 
     @property
     def database_url(self) -> str:
@@ -243,7 +245,7 @@ async def new_setup(directory: Path, url: str, *, database: str | None = None) -
         )
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{subscriptions.port}") as channel:
-        await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
+        created = await sub_grpc.SubscriptionServiceStub(channel).CreateSubscription(
             sub_pb.CreateSubscriptionRequest(
                 subscription=sub_pb.Subscription(
                     tenant="bench", url=url, message_types=["event.claim.*"]
@@ -251,18 +253,26 @@ async def new_setup(directory: Path, url: str, *, database: str | None = None) -
             ),
             metadata=AUTH,
         )
-    return Setup(directory=directory, subscriptions=subscriptions, url=url, database=database)
+    return Setup(
+        directory=directory,
+        subscriptions=subscriptions,
+        url=url,
+        database=database,
+        subscription_id=created.subscription.id,
+    )
 
 
 @contextlib.contextmanager
-def fresh_database(server_url: str | None) -> Iterator[str | None]:
-    """A new, empty PostgreSQL database on the server of `server_url`, dropped afterwards
-    (None: SQLite, nothing to make)."""
+def fresh_database(
+    server_url: str | None, *, prefix: str = "webhooks_bench_"
+) -> Iterator[str | None]:
+    """A new, empty PostgreSQL database on the server of `server_url`, named `prefix` and
+    a random suffix, dropped afterwards (None: SQLite, nothing to make)."""
     if server_url is None:
         yield None
         return
     url = make_url(server_url)
-    name = f"webhooks_bench_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
