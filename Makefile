@@ -51,6 +51,7 @@ bench: $(INSTALLED)
 	$(BIN)/python bench/delivery_ceiling.py --events 10000 --rounds 3
 	$(BIN)/python bench/blackhole_endpoint.py --events 1000 --rounds 3
 	$(BIN)/python bench/dead_endpoint_backlog.py --backlog 50000 --events 5000 --rounds 3
+	$(BIN)/python bench/backlog.py --rounds 3
 	$(BIN)/python bench/steady_rate.py --rates 100,500,half --seconds 20 --rounds 3
 	$(BIN)/python bench/peers.py --events 8000 --rounds 3
 	$(BIN)/python bench/soak.py --minutes 3

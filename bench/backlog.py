@@ -32,7 +32,7 @@ SQLite, the default database, or with `--postgres URL` a fresh PostgreSQL databa
 loop is bounded in count and time; only 127.0.0.1 is used. Linux only (/proc).
 
     .venv/bin/python bench/backlog.py [--backlog 1000000] [--events 5000] [--rounds 3]
-        [--rate 200] [--prune-cap 240] [--only backlog|prune]
+        [--rate 200] [--prune-cap 600] [--only backlog|prune]
         [--postgres postgresql+psycopg://127.0.0.1:5432/test]
 """
 
@@ -424,7 +424,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000, help="live events, backlog part")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s, prune part")
-    parser.add_argument("--prune-cap", type=float, default=240.0, help="seconds, prune part")
+    parser.add_argument("--prune-cap", type=float, default=600.0, help="seconds, prune part")
     parser.add_argument("--only", choices=("backlog", "prune"))
     parser.add_argument("--postgres", metavar="URL", help="a server to make fresh databases on")
     args = parser.parse_args()

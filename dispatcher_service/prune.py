@@ -72,7 +72,6 @@ def _run(engine: sa.Engine, policy: RetentionPolicy, settings: DispatcherSetting
         policy=policy,
         interval=settings.prune_interval_seconds,
         batch_size=settings.prune_batch_size,
-        pause=0,
     )
     done = asyncio.run(pruner.run_once())
     if done is None:

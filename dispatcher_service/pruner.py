@@ -1,8 +1,9 @@
 """Retention in a running dispatcher: every `interval` seconds, one run deletes the finished
 events past the retention window and empties the payloads past theirs (see `retention`).
 
-A run goes batch after batch until one comes back short, with a pause in between so that
-ingestion and delivery get the database, and stops after `max_batches` of each kind
+A run goes batch after batch until one comes back short, paced (`retention.Pace`): each
+batch sized to hold the database briefly, each followed by a pause as long, so that
+ingestion and delivery get the database; it stops after `max_batches` of each kind
 whatever is left: the next run goes on. One replica at a time runs (see
 `EventPruner.try_lock`); the others skip their turn. While the database is away a run
 fails with one WARNING, and the next interval tries again.
@@ -20,18 +21,19 @@ from datetime import UTC, datetime
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.outage import Outage
 from dispatcher_service.pruning import EventPruner
-from dispatcher_service.retention import PrunedRows, RetentionPolicy, run_summary
+from dispatcher_service.retention import Pace, PrunedRows, RetentionPolicy, run_summary
 from service_common.errors import StoreUnavailable
 
-__all__ = ["BATCH_PAUSE_SECONDS", "MAX_BATCHES_PER_RUN", "PruneRun", "Pruner"]
+__all__ = ["DEFAULT_PACE", "FIRST_BATCH_SIZE", "MAX_BATCHES_PER_RUN", "PruneRun", "Pruner"]
 
 log = logging.getLogger(__name__)
 
-# A run stops after this many batches of each kind (a million events at the default batch
-# size), so that one run of a backlog never holds the replica's turn for hours.
-MAX_BATCHES_PER_RUN = 1000
-# Between two batches: time for the transactions that waited on one to go through.
-BATCH_PAUSE_SECONDS = 0.005
+# A run stops after this many batches of each kind (at 10 ms and a 10 ms pause each, under
+# an hour), so that one run of a backlog never holds the replica's turn for hours.
+MAX_BATCHES_PER_RUN = 100_000
+# The size of a run's first batch (at most the batch size setting); the pace sizes the rest.
+FIRST_BATCH_SIZE = 100
+DEFAULT_PACE = Pace()
 
 
 def _utc_now() -> datetime:
@@ -62,7 +64,7 @@ class Pruner:
         metrics: DispatcherMetrics | None = None,
         clock: Callable[[], datetime] = _utc_now,
         max_batches: int = MAX_BATCHES_PER_RUN,
-        pause: float = BATCH_PAUSE_SECONDS,
+        pace: Pace = DEFAULT_PACE,
     ) -> None:
         self._pruner = pruner
         self._policy = policy
@@ -71,7 +73,7 @@ class Pruner:
         self._metrics = metrics
         self._clock = clock
         self._max_batches = max_batches
-        self._pause = pause
+        self._pace = pace
         self._outage = Outage()
         self._task: asyncio.Task[None] | None = None
 
@@ -131,39 +133,45 @@ class Pruner:
             pruned = await self._prune(cutoff)
         if (payload_cutoff := self._policy.expunge_cutoff(now)) is not None:
             expunged = await self._batches(
-                lambda: self._pruner.expunge_batch(payload_cutoff, self._batch_size, now=now),
+                lambda limit: self._pruner.expunge_batch(payload_cutoff, limit, now=now),
                 self._counted_expunged,
             )
             ended = await self._batches(
-                lambda: self._pruner.end_stranded(now=now, limit=self._batch_size)
+                lambda limit: self._pruner.end_stranded(now=now, limit=limit)
             )
         return PruneRun(pruned, expunged, ended, seconds=time.monotonic() - started)
 
     async def _prune(self, cutoff: datetime) -> PrunedRows:
         total = PrunedRows()
-        for _ in range(self._max_batches):
-            batch = await asyncio.to_thread(self._pruner.prune_batch, cutoff, self._batch_size)
-            total += batch
+
+        def batch(limit: int) -> int:
+            nonlocal total
+            rows = self._pruner.prune_batch(cutoff, limit)
+            total += rows
             if self._metrics is not None:
-                for table, rows in batch.by_table().items():
-                    self._metrics.pruned_rows.labels(table).inc(rows)
-            if batch.events < self._batch_size:
-                break
-            await asyncio.sleep(self._pause)
+                for table, count in rows.by_table().items():
+                    self._metrics.pruned_rows.labels(table).inc(count)
+            return rows.events
+
+        await self._batches(batch)
         return total
 
     async def _batches(
-        self, batch: Callable[[], int], count: Callable[[int], None] = lambda rows: None
+        self, batch: Callable[[int], int], count: Callable[[int], None] = lambda rows: None
     ) -> int:
-        """Runs `batch` until it comes back short (or `max_batches` times); the rows it changed."""
-        total = 0
+        """Runs `batch(limit)` until it comes back short (or `max_batches` times), paced;
+        the rows it changed."""
+        total, size = 0, min(FIRST_BATCH_SIZE, self._batch_size)
         for _ in range(self._max_batches):
-            rows = await asyncio.to_thread(batch)
+            began = time.monotonic()
+            rows = await asyncio.to_thread(batch, size)
+            took = time.monotonic() - began
             count(rows)
             total += rows
-            if rows < self._batch_size:
+            if rows < size:
                 break
-            await asyncio.sleep(self._pause)
+            await asyncio.sleep(self._pace.pause(took))
+            size = self._pace.next_size(size, took, largest=self._batch_size)
         return total
 
     def _counted_expunged(self, rows: int) -> None:

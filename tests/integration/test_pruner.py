@@ -22,7 +22,7 @@ from dispatcher_service.domain import DeliveryState
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.pruner import Pruner, PruneRun
 from dispatcher_service.pruning import EventPruner
-from dispatcher_service.retention import PrunedRows, RetentionPolicy
+from dispatcher_service.retention import Pace, PrunedRows, RetentionPolicy
 from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.settings import DispatcherSettings
 from dispatcher_service.store import DeliveryStore
@@ -66,7 +66,8 @@ def pruner_of(engine: Engine, metrics: DispatcherMetrics, **limits: int) -> Prun
         max_batches=limits.get("max_batches", 1000),
         metrics=metrics,
         clock=lambda: NOW,
-        pause=0,
+        # Batches of exactly `batch_size`, without pauses.
+        pace=Pace(batch_seconds=3600, share=1.0),
     )
 
 

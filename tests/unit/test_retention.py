@@ -13,6 +13,7 @@ from dispatcher_service.domain import DeliveryState
 from dispatcher_service.pruner import Pruner
 from dispatcher_service.pruning import EventPruner
 from dispatcher_service.retention import (
+    Pace,
     PrunedRows,
     RetentionPolicy,
     expunged_events_message,
@@ -130,3 +131,20 @@ async def test_an_outage_is_told_once_and_each_interval_tries_again(
     ]
     assert any(r.getMessage().startswith("database available again") for r in caplog.records)
     assert any("another replica is pruning" in r.getMessage() for r in caplog.records)
+
+
+def test_the_pace_sizes_batches_to_their_target_time_within_bounds() -> None:
+    pace = Pace(batch_seconds=0.01, share=0.5, min_size=10)
+    assert pace.next_size(100, 0.02, largest=1000) == 50  # twice too slow: half
+    assert pace.next_size(100, 0.005, largest=1000) == 200  # twice too fast: double
+    assert pace.next_size(100, 0.0001, largest=1000) == 200  # never more than double
+    assert pace.next_size(100, 0.0, largest=1000) == 200
+    assert pace.next_size(800, 0.001, largest=1000) == 1000  # never past the setting
+    assert pace.next_size(100, 10.0, largest=1000) == 10  # never below the floor
+    assert pace.next_size(100, 10.0, largest=5) == 5  # but never past the setting either
+
+
+def test_the_pause_leaves_the_database_to_others_for_the_rest_of_the_time() -> None:
+    assert Pace(share=0.5).pause(0.01) == pytest.approx(0.01)
+    assert Pace(share=0.25).pause(0.01) == pytest.approx(0.03)
+    assert Pace(share=1.0).pause(0.01) == 0
