@@ -132,9 +132,12 @@ class ChangeFeed:
             else:
                 failures = 0
                 self._recovered()
+            delay = retry_delay(self._poll_seconds, failures=failures)
+            # Not `wait_for`: on Python 3.11 it swallows a cancellation that comes as a
+            # local write wakes the feed, and `stop` would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                delay = retry_delay(self._poll_seconds, failures=failures)
-                await asyncio.wait_for(self._woken.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._woken.wait()
 
     async def _publish_new(self) -> None:
         position = await self._positioned()
