@@ -23,6 +23,7 @@ from dispatcher_service.outage import Outage
 from dispatcher_service.pruning import EventPruner
 from dispatcher_service.retention import Pace, PrunedRows, RetentionPolicy, run_summary
 from service_common.errors import StoreUnavailable
+from service_common.lifecycle import cancel_and_wait
 
 __all__ = ["DEFAULT_PACE", "FIRST_BATCH_SIZE", "MAX_BATCHES_PER_RUN", "PruneRun", "Pruner"]
 
@@ -86,14 +87,7 @@ class Pruner:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Our own cancellation of the task, unless stop() itself is being cancelled.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def run_once(self) -> PruneRun | None:
         """One run; None when another replica holds the turn. Raises `StoreUnavailable`."""

@@ -28,6 +28,7 @@ import grpc
 
 from dispatcher_service.routing import Change, Route, RoutingTable
 from dispatcher_service.signing import DEFAULT_ALGORITHM, SignatureAlgorithm
+from service_common.lifecycle import cancel_and_wait
 from webhooks.v1 import subscription_service_pb2 as pb
 from webhooks.v1 import subscription_service_pb2_grpc as pb_grpc
 
@@ -144,14 +145,7 @@ class SubscriptionFollower:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Our own cancellation of the task, unless stop() itself is being cancelled.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         failures = 0

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from service_common.errors import StoreUnavailable
+from service_common.lifecycle import cancel_and_wait
 from subscription_service.change_log import ChangeLog
 from subscription_service.watch import ChangeHub, Watcher
 
@@ -89,9 +90,7 @@ class ChangeFeed:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     def wake(self) -> None:
         """Reads the log now: this replica just committed a change."""
