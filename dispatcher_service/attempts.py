@@ -63,6 +63,7 @@ def unsent(delivery: ClaimedDelivery, started: datetime, *, deleted: bool) -> Co
     error = "subscription deleted" if deleted else "subscription disabled"
     return Completion(
         delivery_id=delivery.id,
+        tenant=delivery.tenant,
         subscription_id=delivery.subscription_id,
         attempt=_attempt(delivery, started, status=0, latency=0.0, error=error, snippet=""),
         state=DeliveryState.DEAD,
@@ -91,6 +92,7 @@ def answered(
     )
     return Completion(
         delivery_id=delivery.id,
+        tenant=delivery.tenant,
         subscription_id=delivery.subscription_id,
         attempt=attempt,
         state=state,
@@ -205,15 +207,16 @@ def _tell(completion: Completion, span: Span | None) -> None:
     )
 
 
-def note_interrupted(batch: ClaimedBatch, *, count: Callable[[DeliveryState], None]) -> None:
-    """Logs and `count`s the attempts that `batch`'s claim found cut short (their
-    dispatcher was killed, or stalled past its lease) and recorded as interrupted."""
+def note_interrupted(batch: ClaimedBatch, *, count: Callable[[DeliveryState, str], None]) -> None:
+    """Logs and `count`s (by state and tenant) the attempts that `batch`'s claim found cut
+    short (their dispatcher was killed, or stalled past its lease) and recorded as
+    interrupted."""
     for state, deliveries in (
         (DeliveryState.RETRYING, batch.interrupted),
         (DeliveryState.DEAD, batch.dead),
     ):
         for delivery in deliveries:
-            count(state)
+            count(state, delivery.tenant)
             _log_interrupted(delivery, state)
 
 

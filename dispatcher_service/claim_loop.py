@@ -59,7 +59,7 @@ class Begin(Protocol):
 class ClaimLoop:
     """Claims due deliveries for the worker `owner` (`run`) until `stop`: each claim leases
     them for `limits.lease`, `begin`s them and `unclaim`s what does not fit; attempts that
-    a claim found cut short are `count`ed by what they left their delivery in.
+    a claim found cut short are `count`ed by what they left their delivery in (and tenant).
 
     Nothing is claimed until `routes_ready()`: before the first routing table arrives
     every subscription looks deleted, and a claim would kill deliveries merely early."""
@@ -77,7 +77,7 @@ class ClaimLoop:
         routes_ready: Callable[[], bool],
         begin: Begin,
         unclaim: Callable[[list[str]], Awaitable[None]],
-        count: Callable[[DeliveryState], None],
+        count: Callable[[DeliveryState, str], None],
     ) -> None:
         self._store = store
         self._owner = owner

@@ -200,16 +200,21 @@ def _refuse_expunged(connection: sa.Connection, where: list[sa.ColumnElement[boo
         raise FailedPrecondition(expunged_events_message(len(expunged), as_utc(expunged[0][1])))
 
 
-def queue_stats(connection: sa.Connection, *, now: datetime) -> QueueStats:
-    """What waits to be sent, read through the partial index of due deliveries."""
-    due = sa.text(DUE_CONDITION)
+def queue_stats(
+    connection: sa.Connection, *, now: datetime, tenant: str | None = None
+) -> QueueStats:
+    """What waits to be sent (of `tenant`'s deliveries, or everyone's when None), read
+    through the partial index of due deliveries."""
+    due: list[sa.ColumnElement[bool] | sa.TextClause] = [sa.text(DUE_CONDITION)]
+    if tenant is not None:
+        due.append(_DELIVERIES.c.tenant == tenant)
     rows = connection.execute(
-        sa.select(_DELIVERIES.c.state, sa.func.count()).where(due).group_by(_DELIVERIES.c.state)
+        sa.select(_DELIVERIES.c.state, sa.func.count()).where(*due).group_by(_DELIVERIES.c.state)
     )
     depth: dict[str, int] = dict(rows.all())
     oldest = connection.execute(
         sa.select(sa.func.min(_DELIVERIES.c.next_attempt_time)).where(
-            due, _DELIVERIES.c.next_attempt_time <= now
+            *due, _DELIVERIES.c.next_attempt_time <= now
         )
     ).scalar()
     return QueueStats(

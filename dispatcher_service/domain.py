@@ -181,6 +181,8 @@ class Completion:
     """The result of one attempt and what the delivery becomes."""
 
     delivery_id: str
+    # The delivery's tenant, for what counts attempts by tenant (the activity window).
+    tenant: str
     subscription_id: str
     attempt: Attempt
     state: DeliveryState

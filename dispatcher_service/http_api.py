@@ -15,7 +15,6 @@ their JSON names (`messageId`, `details.amount`).
 from __future__ import annotations
 
 import logging
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -39,10 +38,8 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_FIELD_BYTES",
     "MAX_REQUEST_LINE_BYTES",
-    "HttpSite",
     "create_app",
     "incoming_event",
-    "start_site",
 ]
 
 # A whole event body: the details may be 64 KiB of JSON (ingest.MAX_DETAILS_BYTES), written
@@ -104,41 +101,6 @@ class _ParserErrorLog(logging.LoggerAdapter[logging.Logger]):
             self.logger.info("%s: refused, %s (%d)", what, type(error).__name__, error.code)
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
-
-
-class HttpSite:
-    """A running HTTP server of an application: its bound port, and how to stop it."""
-
-    def __init__(self, runner: web.AppRunner, port: int) -> None:
-        self._runner = runner
-        self.port = port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-
-async def start_site(
-    app: web.Application,
-    addr: str,
-    *,
-    shutdown_timeout: float,
-    ssl_context: ssl.SSLContext | None = None,
-) -> HttpSite:
-    """Serves `app` on `addr` (host:port, [v6]:port; port 0 picks a free one).
-
-    With `ssl_context` it serves HTTPS only.
-    """
-    host, _, port = addr.rpartition(":")
-    # No access log, as for the gRPC API; requests in flight get `shutdown_timeout` at stop.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host.strip("[]") or None, int(port), ssl_context=ssl_context)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return HttpSite(runner, runner.addresses[0][1])
 
 
 class _Routes:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from dispatcher_service.activity import ActivityWindow
 from dispatcher_service.domain import Completion, DeliveryState, EndpointHealth
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.outage import Outage, store_call
@@ -61,7 +62,8 @@ class AttemptRecorder:
     writes them, and `flush_all` what is left when the worker stops.
 
     Results wait `flush_interval` seconds at most to be recorded together, unless
-    `flush_batch` of them wait already."""
+    `flush_batch` of them wait already. Each one recorded is counted in `metrics` and, by
+    tenant, in `activity` (at the time `clock` tells)."""
 
     def __init__(
         self,
@@ -75,6 +77,7 @@ class AttemptRecorder:
         flush_batch: int,
         clock: Callable[[], datetime],
         metrics: DispatcherMetrics,
+        activity: ActivityWindow,
         outage: Outage,
     ) -> None:
         self._store = store
@@ -86,6 +89,7 @@ class AttemptRecorder:
         self._flush_batch = flush_batch
         self._clock = clock
         self._metrics = metrics
+        self._activity = activity
         self._outage = outage
         self._recorded = {
             state: metrics.deliveries.labels(state.value)
@@ -103,10 +107,11 @@ class AttemptRecorder:
         if self._holding + self._results.qsize() >= self._flush_batch:
             self._batch_full.set()
 
-    def count(self, state: DeliveryState) -> None:
-        """Counts an attempt recorded as leaving its delivery in `state` (SUCCEEDED,
-        RETRYING or DEAD), here or by a claim that found it cut short."""
+    def count(self, state: DeliveryState, tenant: str) -> None:
+        """Counts an attempt of `tenant`'s recorded as leaving its delivery in `state`
+        (SUCCEEDED, RETRYING or DEAD), here or by a claim that found it cut short."""
         self._recorded[state].inc()
+        self._activity.record(tenant, state, self._clock())
 
     async def run(self) -> None:
         """Records what is put, batch after batch, until cancelled."""
@@ -188,7 +193,7 @@ class AttemptRecorder:
                 return
         self._outage.ended()
         for completion in batch:
-            self.count(completion.state)
+            self.count(completion.state, completion.tenant)
         for health in failing:
             await self._maybe_disable(health)
 

@@ -14,10 +14,12 @@ import grpc
 from google.protobuf import field_mask_pb2
 from sqlalchemy.engine import Engine
 
+from dispatcher_service.activity import ActivityWindow
+from dispatcher_service.activity_reader import ActivityReader, QueueStatsCache
 from dispatcher_service.curl_sender import CurlSender
 from dispatcher_service.database import create_engine, migrate
 from dispatcher_service.deliveries import DeliveryLog
-from dispatcher_service.http_api import HttpSite, create_app, start_site
+from dispatcher_service.http_api import create_app
 from dispatcher_service.http_sender import HttpSender
 from dispatcher_service.ingest import Ingestor
 from dispatcher_service.keyring import KeyRing
@@ -35,6 +37,7 @@ from dispatcher_service.store import DeliveryStore
 from dispatcher_service.subscription_follower import SubscriptionFollower
 from dispatcher_service.worker import DeliveryWorker, Disabler, WorkerLimits
 from service_common.auth import TokenStore
+from service_common.caller_servicer import CALLER_SERVICE, CallerServicer
 from service_common.database import dispose_when_returned
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import (
@@ -43,6 +46,7 @@ from service_common.grpc_server import (
     add_port,
     new_server,
 )
+from service_common.http_site import HttpSite, start_site
 from service_common.lifecycle import wait_for_shutdown_signal
 from service_common.metrics import MetricsEndpoint, serve_metrics
 from service_common.ports import check_free
@@ -194,6 +198,8 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         )
     )
     sender = _new_sender(settings)
+    # One per process: what its worker records, by second and tenant, for GetDeliveryActivity.
+    activity = ActivityWindow()
     worker = DeliveryWorker(
         store=store,
         routes=follower,
@@ -217,6 +223,7 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
         ),
         user_agent=USER_AGENT,
         metrics=metrics,
+        activity=activity,
     )
     limiter = (
         TenantRateLimiter(
@@ -241,10 +248,19 @@ async def create_server(settings: DispatcherSettings) -> RunningDispatcher:
             log=DeliveryLog(store=store, on_rescheduled=worker.wake),
             keys=keys,
             tokens=tokens,
+            activity=ActivityReader(
+                window=activity,
+                queue=QueueStatsCache(
+                    lambda now, tenant: store.queue_stats(now=now, tenant=tenant)
+                ),
+            ),
         ),
         pb.DESCRIPTOR.services_by_name["DispatcherService"],
     )
-    health = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
+    add_servicer(server, CallerServicer(tokens=tokens), CALLER_SERVICE)
+    health = await add_health_and_reflection(
+        server, service_names=[SERVICE_NAME, CALLER_SERVICE.full_name]
+    )
     port = add_port(server, settings.grpc_addr, tls)
     http = await start_site(
         create_app(ingestor=ingestor, keys=keys, tokens=tokens, registry=registry),

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dispatcher_service.activity import ActivitySecond
+from dispatcher_service.activity_reader import ActivityReader, DeliveryActivity
 from dispatcher_service.deliveries import DeliveryLog
 from dispatcher_service.domain import Attempt, Delivery, DeliveryState, IngestOutcome
 from dispatcher_service.ingest import EventUser, IncomingEvent, Ingestor, Rejected
@@ -62,12 +64,19 @@ class PublicKeySource(Protocol):
 
 class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
     def __init__(
-        self, *, ingestor: Ingestor, log: DeliveryLog, keys: PublicKeySource, tokens: TokenStore
+        self,
+        *,
+        ingestor: Ingestor,
+        log: DeliveryLog,
+        keys: PublicKeySource,
+        tokens: TokenStore,
+        activity: ActivityReader,
     ) -> None:
         self._ingestor = ingestor
         self._log = log
         self._keys = keys
         self._tokens = tokens
+        self._activity = activity
 
     def _caller(self, context: Context) -> Caller:
         return self._tokens.authenticate(context.invocation_metadata())
@@ -184,6 +193,32 @@ class DispatcherServicer(pb_grpc.DispatcherServiceServicer):
                 for key in self._keys.public_keys()
             ]
         )
+
+    @translate_errors
+    async def GetDeliveryActivity(
+        self, request: pb.GetDeliveryActivityRequest, context: Context
+    ) -> pb.GetDeliveryActivityResponse:
+        activity = await self._activity.read(self._caller(context), request.tenant)
+        return _activity(activity)
+
+
+def _activity(activity: DeliveryActivity) -> pb.GetDeliveryActivityResponse:
+    message = pb.GetDeliveryActivityResponse(
+        seconds=[_activity_second(second) for second in activity.seconds],
+        queue_depth=activity.queue_depth,
+    )
+    if activity.oldest_due_time is not None:
+        message.oldest_due_time.CopyFrom(timestamp_of(activity.oldest_due_time))
+    return message
+
+
+def _activity_second(second: ActivitySecond) -> pb.ActivitySecond:
+    return pb.ActivitySecond(
+        start_time=timestamp_of(second.start_time),
+        succeeded=second.succeeded,
+        retrying=second.retrying,
+        dead=second.dead,
+    )
 
 
 def _datetime_of(timestamp: Timestamp, *, field: str) -> datetime:

@@ -467,10 +467,11 @@ class DeliveryStore:
             )
 
     @unavailable_on_database_errors
-    def queue_stats(self, *, now: datetime) -> QueueStats:
-        """What waits to be sent, read through the partial index of due deliveries."""
+    def queue_stats(self, *, now: datetime, tenant: str | None = None) -> QueueStats:
+        """What waits to be sent (of `tenant`'s deliveries, or everyone's when None), read
+        through the partial index of due deliveries."""
         with self._engine.connect() as connection:
-            return delivery_queries.queue_stats(connection, now=now)
+            return delivery_queries.queue_stats(connection, now=now, tenant=tenant)
 
     @unavailable_on_database_errors
     def counts_by_state(self) -> dict[DeliveryState, int]:

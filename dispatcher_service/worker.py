@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from dispatcher_service import attempts
+from dispatcher_service.activity import ActivityWindow
 from dispatcher_service.attempts import SendResult
 from dispatcher_service.claim_loop import ClaimLoop
 from dispatcher_service.delivery_queue import DeliveryQueue
@@ -82,6 +83,7 @@ class DeliveryWorker:
         clock: Callable[[], datetime] = _utc_now,
         rng: Callable[[], float] = random.random,
         metrics: DispatcherMetrics | None = None,
+        activity: ActivityWindow | None = None,
     ) -> None:
         self._metrics = metrics or DispatcherMetrics()
         self._store = store
@@ -105,6 +107,8 @@ class DeliveryWorker:
             flush_batch=limits.flush_batch,
             clock=clock,
             metrics=self._metrics,
+            # Where recorded attempts are counted by second and tenant (GetDeliveryActivity).
+            activity=activity or ActivityWindow(),
             outage=self._outage,
         )
         self._slots = EndpointSlots(

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from service_common.auth import TokenStore
+from service_common.caller_servicer import CALLER_SERVICE, CallerServicer
 from service_common.database import dispose_when_returned
 from service_common.grpc_requests import add_servicer
 from service_common.grpc_server import (
@@ -117,7 +118,10 @@ async def create_server(settings: SubscriptionSettings) -> RunningServer:
         SubscriptionServicer(manager=manager, tokens=tokens),
         pb.DESCRIPTOR.services_by_name["SubscriptionService"],
     )
-    health_servicer = await add_health_and_reflection(server, service_names=[SERVICE_NAME])
+    add_servicer(server, CallerServicer(tokens=tokens), CALLER_SERVICE)
+    health_servicer = await add_health_and_reflection(
+        server, service_names=[SERVICE_NAME, CALLER_SERVICE.full_name]
+    )
     port = add_port(server, settings.grpc_addr, tls)
     await server.start()
     feed.start()

@@ -428,6 +428,7 @@ def test_a_delivery_sent_twice_before_its_first_send_was_recorded_keeps_one_row_
         def sent(delivery: ClaimedDelivery, at: datetime) -> Completion:
             return Completion(
                 delivery_id=delivery.id,
+                tenant=delivery.tenant,
                 subscription_id="sub_1",
                 attempt=Attempt(
                     number=delivery.attempt_count + 1,

@@ -138,6 +138,7 @@ def test_ingest_leases_what_a_hand_off_asks_for_and_leaves_the_rest_to_claims(
         [
             Completion(
                 delivery_id=first.id,
+                tenant="acme",
                 subscription_id="s1",
                 attempt=attempt(1),
                 state=DeliveryState.SUCCEEDED,
@@ -233,6 +234,7 @@ def completion(
     at `retry_at`."""
     return Completion(
         delivery_id=delivery_id,
+        tenant="acme",
         subscription_id="s1",
         attempt=attempt(number, status),
         state=DeliveryState.SUCCEEDED if retry_at is None else DeliveryState.RETRYING,
@@ -405,6 +407,7 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
         [
             Completion(
                 delivery_id=claimed.id,
+                tenant="acme",
                 subscription_id="s1",
                 attempt=attempt(1, status=503),
                 state=DeliveryState.RETRYING,
@@ -421,6 +424,7 @@ def test_retrying_deliveries_wait_for_their_time_and_keep_every_attempt(
     store.complete(
         [
             Completion(
+                tenant="acme",
                 subscription_id="s1",
                 endpoint_failed=False,
                 delivery_id=again.id,
@@ -452,6 +456,7 @@ def test_redelivery_reschedules_dead_deliveries_but_not_those_in_flight(
     store.complete(
         [
             Completion(
+                tenant="acme",
                 subscription_id="s1",
                 endpoint_failed=True,
                 delivery_id=first.id,
@@ -483,6 +488,7 @@ def test_endpoint_health_counts_failures_in_a_row_and_a_success_resets_it(
             [
                 Completion(
                     delivery_id=claimed[index].id,
+                    tenant="acme",
                     subscription_id="s1",
                     attempt=attempt(1, 500 if failed else 200),
                     state=DeliveryState.DEAD if failed else DeliveryState.SUCCEEDED,

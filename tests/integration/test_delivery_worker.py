@@ -255,6 +255,7 @@ async def test_what_a_dead_worker_held_is_sent_again_unless_its_last_attempt_was
         [
             Completion(
                 delivery_id=last.id,
+                tenant="acme",
                 subscription_id="s1",
                 attempt=failed,
                 state=DeliveryState.RETRYING,

@@ -48,6 +48,7 @@ from tests.conftest import Tokens, report_cases
 from tests.contracts.contract_samples import DOCUMENTED_VALID_DETAILS
 from tests.integration.conftest import Metadata, auth, explore, field_violations
 from tests.receiver import Receiver
+from webhooks.v1 import caller_service_pb2 as caller_pb
 from webhooks.v1 import dispatcher_service_pb2 as dispatcher_pb
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
 
@@ -75,7 +76,7 @@ POSTGRES_EXAMPLES = 15
 
 SERVICES = tuple(
     service
-    for module in (subscription_pb, dispatcher_pb)
+    for module in (subscription_pb, dispatcher_pb, caller_pb)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 RPCS: dict[str, MethodDescriptor] = {
@@ -194,7 +195,12 @@ async def world(
         grpc.aio.insecure_channel(f"127.0.0.1:{subscription_server.port}") as subscriptions,
         grpc.aio.insecure_channel(f"127.0.0.1:{dispatcher.port}") as deliveries,
     ):
-        channels = {SERVICES[0].full_name: subscriptions, SERVICES[1].full_name: deliveries}
+        # CallerService is served by both: fuzzed on the dispatcher's.
+        channels = {
+            SERVICES[0].full_name: subscriptions,
+            SERVICES[1].full_name: deliveries,
+            SERVICES[2].full_name: deliveries,
+        }
         stub = SubscriptionStub(subscriptions)
         created = {}
         for tenant, token in (("acme", tokens.acme), ("globex", tokens.globex)):
@@ -404,6 +410,7 @@ def _publish_one(message_id: str, **fields: Any) -> dispatcher_pb.PublishEventRe
 
 _S = "webhooks.v1.SubscriptionService."
 _D = "webhooks.v1.DispatcherService."
+_C = "webhooks.v1.CallerService."
 PLANS: dict[str, Plan] = {
     _S + "CreateSubscription": Plan(
         callers=lambda w: [w.tokens.acme, w.tokens.acme, w.tokens.operator, w.tokens.acme_reader],
@@ -657,6 +664,35 @@ PLANS: dict[str, Plan] = {
                 w.tokens.acme_reader,
                 [dispatcher_pb.ListSigningKeysRequest()],
                 Code.OK,
+            ),
+        ],
+    ),
+    _D + "GetDeliveryActivity": Plan(
+        callers=lambda w: [w.tokens.acme_deliveries, w.tokens.platform, GLOBEX_DELIVERIES],
+        valid=lambda w: [dispatcher_pb.GetDeliveryActivityRequest()],
+        probes=lambda w: [
+            Probe(
+                "publish-only token",
+                w.tokens.acme_publisher,
+                [dispatcher_pb.GetDeliveryActivityRequest()],
+                Code.PERMISSION_DENIED,
+            ),
+            Probe(
+                "acme reads globex's",
+                w.tokens.acme_deliveries,
+                [dispatcher_pb.GetDeliveryActivityRequest(tenant="globex")],
+                Code.PERMISSION_DENIED,
+            ),
+        ],
+    ),
+    # Any valid token may ask what it allows; the answer is its own tenant.
+    _C + "GetCaller": Plan(
+        callers=lambda w: [w.tokens.acme_publisher, w.tokens.platform, w.tokens.globex],
+        valid=lambda w: [caller_pb.GetCallerRequest()],
+        probes=lambda w: [
+            Probe("globex", w.tokens.globex, [caller_pb.GetCallerRequest()], Code.OK),
+            Probe(
+                "subscription reader", w.tokens.acme_reader, [caller_pb.GetCallerRequest()], Code.OK
             ),
         ],
     ),
@@ -1438,6 +1474,7 @@ def test_every_rpc_of_both_services_is_fuzzed() -> None:
     assert {s.full_name for s in SERVICES} == {
         "webhooks.v1.SubscriptionService",
         "webhooks.v1.DispatcherService",
+        "webhooks.v1.CallerService",
     }
     assert set(PLANS) == set(RPCS), (
         f"RPCs without a fuzz plan: {sorted(set(RPCS) - set(PLANS))}; "

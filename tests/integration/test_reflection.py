@@ -58,6 +58,7 @@ async def _check_reflection(port: int, package: str, service: str, file_name: st
     names = {entry.name for entry in listed.list_services_response.service}
     assert {
         service,
+        "webhooks.v1.CallerService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

@@ -36,6 +36,7 @@ from subscription_service.server import RunningServer
 from tests.conftest import Tokens
 from tests.integration.conftest import Metadata, auth, routed
 from tests.receiver import Receiver
+from webhooks.v1 import caller_service_pb2 as caller_pb
 from webhooks.v1 import dispatcher_service_pb2 as dispatcher_pb
 from webhooks.v1 import subscription_service_pb2 as subscription_pb
 
@@ -73,7 +74,7 @@ MALFORMED_TOKEN = "malformed-token-2d8e4a6f0c"
 
 SERVICES = tuple(
     service
-    for module in (subscription_pb, dispatcher_pb)
+    for module in (subscription_pb, dispatcher_pb, caller_pb)
     for service in module.DESCRIPTOR.services_by_name.values()
 )
 RPCS: dict[str, MethodDescriptor] = {
@@ -179,6 +180,8 @@ async def world(
             channels={
                 SERVICES[0].full_name: sub_channel,
                 SERVICES[1].full_name: dispatcher_channel,
+                # Both serve it; each answers from the same tokens file here.
+                SERVICES[2].full_name: dispatcher_channel,
             },
             http=f"http://127.0.0.1:{dispatcher.http_port}",
             receiver=receiver,
@@ -372,6 +375,17 @@ CROSS_TENANT: dict[str, CrossTenant] = {
         lambda w: [dispatcher_pb.ListSigningKeysRequest()],
         Code.OK,
     ),
+    "GetDeliveryActivity": CrossTenant(
+        lambda w: w.tokens.acme_deliveries,
+        lambda w: [dispatcher_pb.GetDeliveryActivityRequest(tenant="globex")],
+        Code.PERMISSION_DENIED,
+    ),
+    # A token asks about itself: there is nothing of globex to aim at.
+    "GetCaller": CrossTenant(
+        lambda w: w.tokens.acme,
+        lambda w: [caller_pb.GetCallerRequest()],
+        Code.OK,
+    ),
 }
 
 
@@ -379,6 +393,7 @@ def test_every_rpc_has_a_cross_tenant_case() -> None:
     assert {s.full_name for s in SERVICES} == {
         "webhooks.v1.SubscriptionService",
         "webhooks.v1.DispatcherService",
+        "webhooks.v1.CallerService",
     }
     assert set(CROSS_TENANT) == set(RPCS), (
         f"RPCs without a case: {sorted(set(RPCS) - set(CROSS_TENANT))}; "

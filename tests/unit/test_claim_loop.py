@@ -79,7 +79,7 @@ class Harness:
         self.ready = True
         self.begun: list[str] = []
         self.given_back: list[str] = []
-        self.counted: list[DeliveryState] = []
+        self.counted: list[tuple[DeliveryState, str]] = []
         self._finish = asyncio.Event()
         self.slots = EndpointSlots(
             max_in_flight=limits.max_in_flight,
@@ -99,7 +99,7 @@ class Harness:
             routes_ready=lambda: self.ready,
             begin=self._begin,
             unclaim=self._unclaim,
-            count=self.counted.append,
+            count=lambda state, tenant: self.counted.append((state, tenant)),
         )
 
     def finish(self) -> None:
@@ -235,7 +235,7 @@ async def test_an_attempt_cut_short_is_counted_and_its_delivery_sent_again_if_at
     async with running(harness):
         await until(lambda: harness.counted)
         await asyncio.sleep(0.05)
-    assert harness.counted == [state]
+    assert harness.counted == [(state, "acme")]
     assert harness.begun == ([held] if begun else [])
     assert queue.state_of(held) is state
 

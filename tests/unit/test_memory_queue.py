@@ -107,6 +107,7 @@ def answer(
     failed = DeliveryState.RETRYING if retry_at else DeliveryState.DEAD
     return Completion(
         delivery_id=delivery.id,
+        tenant=delivery.tenant,
         subscription_id=delivery.subscription_id,
         attempt=Attempt(
             number=delivery.attempt_count + 1,

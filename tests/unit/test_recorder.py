@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dispatcher_service import recorder
+from dispatcher_service.activity import ActivityWindow
 from dispatcher_service.domain import Attempt, Completion, DeliveryState, EndpointHealth
 from dispatcher_service.metrics import DispatcherMetrics
 from dispatcher_service.outage import Outage
@@ -82,9 +83,12 @@ def route(subscription_id: str, *, enabled: bool = True) -> Route:
     )
 
 
-def completion(delivery_id: str, state: DeliveryState = DeliveryState.SUCCEEDED) -> Completion:
+def completion(
+    delivery_id: str, state: DeliveryState = DeliveryState.SUCCEEDED, *, tenant: str = "acme"
+) -> Completion:
     return Completion(
         delivery_id=delivery_id,
+        tenant=tenant,
         subscription_id="s1",
         attempt=Attempt(
             number=1,
@@ -109,6 +113,7 @@ def new_recorder(
     flush_interval: float = LONG,
     flush_batch: int = 100,
     metrics: DispatcherMetrics | None = None,
+    activity: ActivityWindow | None = None,
 ) -> AttemptRecorder:
     known = {"s1": route("s1")} if routes is None else routes
     return AttemptRecorder(
@@ -121,6 +126,7 @@ def new_recorder(
         flush_batch=flush_batch,
         clock=lambda: NOW,
         metrics=metrics or DispatcherMetrics(),
+        activity=activity or ActivityWindow(),
         outage=Outage(),
     )
 
@@ -238,6 +244,25 @@ async def test_recorded_attempts_are_counted_by_the_state_they_left() -> None:
     assert recorded(metrics, DeliveryState.SUCCEEDED) == 2
     assert recorded(metrics, DeliveryState.RETRYING) == 1
     assert recorded(metrics, DeliveryState.DEAD) == 1
+
+
+async def test_recorded_attempts_are_counted_by_tenant_in_the_second_of_the_clock() -> None:
+    window = ActivityWindow()
+    attempts = new_recorder(FakeStore(), activity=window)
+    attempts.put(completion("d1"))
+    attempts.put(completion("d2", DeliveryState.RETRYING))
+    attempts.put(completion("d3", DeliveryState.DEAD, tenant="globex"))
+    attempts.count(DeliveryState.RETRYING, "globex")  # as a claim counts one cut short
+
+    await attempts.flush_all(give_up_at=time.monotonic() + LONG)
+
+    def last_second(tenant: str | None) -> tuple[int, int, int]:
+        last = window.seconds(tenant, NOW)[-1]
+        return last.succeeded, last.retrying, last.dead
+
+    assert last_second("acme") == (1, 1, 0)
+    assert last_second("globex") == (0, 1, 1)
+    assert last_second(None) == (1, 2, 1)
 
 
 @pytest.mark.usefixtures("quick_retries")

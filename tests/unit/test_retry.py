@@ -373,6 +373,7 @@ def _attempted(subscription_id: str, *, failed: bool | None) -> Completion:
     )
     return Completion(
         delivery_id=f"d-{subscription_id}",
+        tenant="acme",
         subscription_id=subscription_id,
         attempt=attempt,
         state=DeliveryState.RETRYING if failed else DeliveryState.SUCCEEDED,

@@ -739,3 +739,95 @@ class ListSigningKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSigningKeysResponse: _TypeAlias = ListSigningKeysResponse  # noqa: Y015
+
+@_typing.final
+class GetDeliveryActivityRequest(_message.Message):
+    """Request of GetDeliveryActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """For tokens of every tenant (`*`): one tenant's activity; empty for all."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryActivityRequest: _TypeAlias = GetDeliveryActivityRequest  # noqa: Y015
+
+@_typing.final
+class ActivitySecond(_message.Message):
+    """The attempts recorded in one second, by the state they left their delivery in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    RETRYING_FIELD_NUMBER: _builtins.int
+    DEAD_FIELD_NUMBER: _builtins.int
+    succeeded: _builtins.int
+    """Attempts that delivered."""
+    retrying: _builtins.int
+    """Failed attempts with another one scheduled."""
+    dead: _builtins.int
+    """Failed attempts that were the last (the delivery is dead)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the second."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        succeeded: _builtins.int = ...,
+        retrying: _builtins.int = ...,
+        dead: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead", b"dead", "retrying", b"retrying", "start_time", b"start_time", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivitySecond: _TypeAlias = ActivitySecond  # noqa: Y015
+
+@_typing.final
+class GetDeliveryActivityResponse(_message.Message):
+    """Response of GetDeliveryActivity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    OLDEST_DUE_TIME_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    queue_depth: _builtins.int
+    """Deliveries waiting for an attempt, now or later."""
+    @_builtins.property
+    def seconds(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivitySecond]:
+        """The last 60 seconds, oldest first; the last one is the current second, so far."""
+
+    @_builtins.property
+    def oldest_due_time(self) -> _timestamp_pb2.Timestamp:
+        """When the longest-waiting due delivery became due; unset when none is due."""
+
+    def __init__(
+        self,
+        *,
+        seconds: _abc.Iterable[Global___ActivitySecond] | None = ...,
+        oldest_due_time: _timestamp_pb2.Timestamp | None = ...,
+        queue_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_due_time", b"oldest_due_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["oldest_due_time", b"oldest_due_time", "queue_depth", b"queue_depth", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryActivityResponse: _TypeAlias = GetDeliveryActivityResponse  # noqa: Y015

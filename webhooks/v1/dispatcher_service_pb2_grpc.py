@@ -71,6 +71,11 @@ class DispatcherServiceStub:
                 request_serializer=webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysRequest.SerializeToString,
                 response_deserializer=webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysResponse.FromString,
                 _registered_method=True)
+        self.GetDeliveryActivity = channel.unary_unary(
+                '/webhooks.v1.DispatcherService/GetDeliveryActivity',
+                request_serializer=webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityRequest.SerializeToString,
+                response_deserializer=webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServiceServicer:
@@ -130,6 +135,16 @@ class DispatcherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeliveryActivity(self, request, context):
+        """The last minute of deliveries recorded by this dispatcher, second by
+        second and by outcome, and the oldest due delivery: a live view that reads
+        counters kept in memory (the due queue is read at most once a second).
+        Needs `deliveries:read`; a token sees its own tenant's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +177,11 @@ def add_DispatcherServiceServicer_to_server(servicer, server):
                     servicer.ListSigningKeys,
                     request_deserializer=webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysRequest.FromString,
                     response_serializer=webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysResponse.SerializeToString,
+            ),
+            'GetDeliveryActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryActivity,
+                    request_deserializer=webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityRequest.FromString,
+                    response_serializer=webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -333,6 +353,33 @@ class DispatcherService:
             '/webhooks.v1.DispatcherService/ListSigningKeys',
             webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysRequest.SerializeToString,
             webhooks_dot_v1_dot_dispatcher__service__pb2.ListSigningKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/webhooks.v1.DispatcherService/GetDeliveryActivity',
+            webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityRequest.SerializeToString,
+            webhooks_dot_v1_dot_dispatcher__service__pb2.GetDeliveryActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

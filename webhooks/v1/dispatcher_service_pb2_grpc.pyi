@@ -60,6 +60,12 @@ class DispatcherServiceStub:
     """
     ListSigningKeys: _grpc.UnaryUnaryMultiCallable[_dispatcher_service_pb2.ListSigningKeysRequest, _dispatcher_service_pb2.ListSigningKeysResponse]
     """The public keys that verify delivery signatures, current and retired."""
+    GetDeliveryActivity: _grpc.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetDeliveryActivityRequest, _dispatcher_service_pb2.GetDeliveryActivityResponse]
+    """The last minute of deliveries recorded by this dispatcher, second by
+    second and by outcome, and the oldest due delivery: a live view that reads
+    counters kept in memory (the due queue is read at most once a second).
+    Needs `deliveries:read`; a token sees its own tenant's.
+    """
 
 @_typing.type_check_only
 class DispatcherServiceAsyncStub(DispatcherServiceStub):
@@ -93,6 +99,12 @@ class DispatcherServiceAsyncStub(DispatcherServiceStub):
     """
     ListSigningKeys: _aio.UnaryUnaryMultiCallable[_dispatcher_service_pb2.ListSigningKeysRequest, _dispatcher_service_pb2.ListSigningKeysResponse]  # type: ignore[assignment]
     """The public keys that verify delivery signatures, current and retired."""
+    GetDeliveryActivity: _aio.UnaryUnaryMultiCallable[_dispatcher_service_pb2.GetDeliveryActivityRequest, _dispatcher_service_pb2.GetDeliveryActivityResponse]  # type: ignore[assignment]
+    """The last minute of deliveries recorded by this dispatcher, second by
+    second and by outcome, and the oldest due delivery: a live view that reads
+    counters kept in memory (the due queue is read at most once a second).
+    Needs `deliveries:read`; a token sees its own tenant's.
+    """
 
 class DispatcherServiceServicer(metaclass=_abc_1.ABCMeta):
     """DispatcherService takes events in, stores them durably, and delivers each one as
@@ -159,5 +171,17 @@ class DispatcherServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dispatcher_service_pb2.ListSigningKeysResponse, _abc.Awaitable[_dispatcher_service_pb2.ListSigningKeysResponse]]:
         """The public keys that verify delivery signatures, current and retired."""
+
+    @_abc_1.abstractmethod
+    def GetDeliveryActivity(
+        self,
+        request: _dispatcher_service_pb2.GetDeliveryActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_service_pb2.GetDeliveryActivityResponse, _abc.Awaitable[_dispatcher_service_pb2.GetDeliveryActivityResponse]]:
+        """The last minute of deliveries recorded by this dispatcher, second by
+        second and by outcome, and the oldest due delivery: a live view that reads
+        counters kept in memory (the due queue is read at most once a second).
+        Needs `deliveries:read`; a token sees its own tenant's.
+        """
 
 def add_DispatcherServiceServicer_to_server(servicer: DispatcherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
