@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 from yarl import URL
 
+from console.settings import ConsoleSettings
 from dispatcher_service.settings import DispatcherSettings
 from service_common.dev_tokens import ensure_dev_tokens
 from subscription_service.server import create_server
@@ -35,6 +36,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "SUBSCRIPTIONS_": SubscriptionSettings,
     "DISPATCHER_": DispatcherSettings,
     "DEMO_RECEIVER_": DemoReceiverSettings,
+    "CONSOLE_": ConsoleSettings,
 }
 # Steps that run once and exit; the others serve until stopped.
 ONE_SHOT = {"tokens", "migrate"}
@@ -172,7 +174,7 @@ def test_compose_environment_names_real_settings_with_valid_values(
     checked = set()
     for name in _services():
         for key in _environment(name):
-            if key.startswith(("SUBSCRIPTIONS", "DISPATCHER", "DEMO_RECEIVER")):
+            if key.startswith(("SUBSCRIPTIONS", "DISPATCHER", "DEMO_RECEIVER", "CONSOLE")):
                 assert any(key.startswith(p) for p in SETTINGS), f"{name}: {key}"
     for prefix, settings_class in SETTINGS.items():
         for name, values in _settings_env(prefix):
@@ -267,6 +269,10 @@ def test_mounted_files_come_from_the_repo_or_from_a_step_that_writes_them(
                 assert (tmp_path / path.name).is_file(), f"{name}: dev_tokens writes no {value}"
                 written_by[key] = name
     assert "DISPATCHER_SUBSCRIPTIONS_TOKEN_FILE" in written_by
+    # The console writes its cookie key into a volume of its own, kept across restarts.
+    console = {target: source for source, target in _mounts(_services()["console"])}
+    key_file = PurePosixPath(_environment("console")["CONSOLE_SESSION_KEY_FILE"])
+    assert console.get(str(key_file.parent)) in named, "the console's key is in no volume"
 
 
 def test_addresses_between_services_name_the_right_service_and_port() -> None:
@@ -291,6 +297,18 @@ def test_addresses_between_services_name_the_right_service_and_port() -> None:
     ).allowed_target_networks
     for subnet in subnets:
         assert any(subnet.subnet_of(network) for network in allowed), subnet  # type: ignore[arg-type]
+    # The console calls both services' gRPC ports by their names.
+    console = _environment("console")
+    for key, service, grpc_addr in (
+        (
+            "CONSOLE_SUBSCRIPTIONS_ADDR",
+            "subscription-service",
+            subscriptions["SUBSCRIPTIONS_GRPC_ADDR"],
+        ),
+        ("CONSOLE_DISPATCHER_ADDR", "dispatcher", dispatcher["DISPATCHER_GRPC_ADDR"]),
+    ):
+        host, _, port = console[key].rpartition(":")
+        assert (host, int(port)) == (service, _port(grpc_addr)), key
 
 
 async def test_the_grpc_health_check_is_a_command_that_passes_against_a_service(
@@ -304,9 +322,10 @@ async def test_the_grpc_health_check_is_a_command_that_passes_against_a_service(
         prefix = "SUBSCRIPTIONS_" if name == "subscription-service" else "DISPATCHER_"
         assert int(test[4]) == _port(_environment(name)[f"{prefix}GRPC_ADDR"]), name
         commands[name] = test[1:4]
-    demo = services["demo-receiver"]["healthcheck"]["test"]
-    compile(demo[3], "healthcheck", "exec")
-    assert f":{_port(_environment('demo-receiver')['DEMO_RECEIVER_ADDR'])}/healthz" in demo[3]
+    for name, prefix in (("demo-receiver", "DEMO_RECEIVER_ADDR"), ("console", "CONSOLE_HTTP_ADDR")):
+        check = services[name]["healthcheck"]["test"]
+        compile(check[3], "healthcheck", "exec")
+        assert f":{_port(_environment(name)[prefix])}/healthz" in check[3], name
 
     running = await create_server(
         SubscriptionSettings(
@@ -344,7 +363,7 @@ def test_dockerfile_copies_only_existing_paths_and_every_package() -> None:
         target
         for service in _services().values()
         for source, target in _mounts(service)
-        if source in {"tokens", "signing-keys"}
+        if source in {"tokens", "signing-keys", "console-session"}
     }
     for target in volume_dirs:
         assert target in dockerfile, target
