@@ -13,6 +13,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	scripts/install_browser.sh
 	touch $@
 
 $(NODE_MODULES): tests/node/package.json tests/node/package-lock.json
@@ -28,7 +29,7 @@ protos-check: $(INSTALLED)
 	@tmp=$$(mktemp -d) && PYTHON=$(BIN)/python scripts/generate_protos.sh $$tmp && \
 	  diff -r -x __pycache__ webhooks $$tmp/webhooks && rm -rf $$tmp && echo "generated stubs are current"
 
-## Start both services on SQLite files under ./var/, with development tokens.
+## Start both services and the console on SQLite files under ./var/, with development tokens.
 run: $(INSTALLED) protos
 	PYTHON=$(BIN)/python scripts/run_local.sh
 
@@ -37,7 +38,7 @@ run: $(INSTALLED) protos
 reset: $(INSTALLED)
 	PYTHON=$(BIN)/python scripts/reset_local.sh
 
-## The whole suite: unit, integration (SQLite and PostgreSQL), contracts.
+## The whole suite: unit, integration (SQLite and PostgreSQL), contracts, the console in Chromium.
 test: $(INSTALLED) $(NODE_MODULES)
 	$(BIN)/pytest
 
