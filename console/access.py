@@ -19,7 +19,7 @@ from service_common.auth import Scope
 __all__ = ["SERVICES", "access_middleware", "calls", "operator", "require"]
 
 SERVICES = web.AppKey("services", Services)
-_OPERATOR = "operator"
+_OPERATOR = web.RequestKey("operator", Operator)
 _PUBLIC = ("/sign-in", "/static/", "/healthz")
 
 
@@ -35,8 +35,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def operator(request: web.Request) -> Operator:
-    found: Operator = request[_OPERATOR]
-    return found
+    return request[_OPERATOR]
 
 
 def calls(request: web.Request) -> Calls:

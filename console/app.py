@@ -18,7 +18,7 @@ from console import (
     subscription_pages,
 )
 from console.access import SERVICES, access_middleware
-from console.csrf import csrf_middleware
+from console.csrf import PUBLIC_ORIGIN, csrf_middleware
 from console.failures import failure_middleware
 from console.formatting import FILTERS
 from console.services import Services
@@ -39,7 +39,12 @@ _SECURITY_HEADERS = {
 
 
 def create_app(
-    services: Services, *, session_key: bytes, secure: bool, max_age: int
+    services: Services,
+    *,
+    session_key: bytes,
+    secure: bool,
+    max_age: int,
+    public_origin: str | None = None,
 ) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -50,6 +55,8 @@ def create_app(
         ]
     )
     app[SERVICES] = services
+    if public_origin is not None:
+        app[PUBLIC_ORIGIN] = public_origin
     environment = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(_HERE / "templates"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from yarl import URL
+
 from console.app import create_app
 from console.services import Services
 from console.session import session_key
@@ -44,12 +46,14 @@ async def start_console(settings: ConsoleSettings) -> RunningConsole:
         client_ca_file=None,
         names=("CONSOLE_TLS_CERT_FILE", "CONSOLE_TLS_KEY_FILE", "CONSOLE_TLS_CLIENT_CA_FILE"),
     )
+    public = URL(str(settings.public_url)) if settings.public_url is not None else None
     services = Services(settings)
     app = create_app(
         services,
         session_key=session_key(settings.session_key_file),
-        secure=tls is not None,
+        secure=tls is not None or (public is not None and public.scheme == "https"),
         max_age=int(settings.session_hours * 3600),
+        public_origin=str(public.origin()) if public is not None else None,
     )
     ssl_context = tls.ssl_context() if tls is not None else None
     site = await start_site(app, settings.http_addr, shutdown_timeout=5, ssl_context=ssl_context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 COOKIE_NAME = "webhooks_console"
+
+# aiohttp-session keeps the session under a plain string key, which aiohttp 3.14 warns about.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, HttpUrl
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConsoleSettings"]
@@ -31,6 +31,9 @@ class ConsoleSettings(BaseSettings):
     # its cookie is marked Secure.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # The URL operators open, when a proxy in front serves the console (often terminating
+    # TLS): forms must come from its origin, and the cookie is Secure when it is https.
+    public_url: HttpUrl | None = None
     # The CA that signed the services' certificates: with it the console calls them over
     # TLS; with a certificate and key too, it shows them a client certificate (mutual TLS).
     grpc_ca_file: Path | None = None
