@@ -17,12 +17,13 @@ from console import (
     signin_pages,
     subscription_pages,
 )
-from console.access import SERVICES, access_middleware
+from console.access import SERVICES, access_middleware, operator
 from console.csrf import PUBLIC_ORIGIN, csrf_middleware
 from console.failures import failure_middleware
 from console.formatting import FILTERS
 from console.services import Services
 from console.session import session_storage
+from service_common.auth import Scope
 
 __all__ = ["create_app"]
 
@@ -81,7 +82,15 @@ def create_app(
 
 
 async def _home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPSeeOther("/subscriptions")
+    """The first page the operator may read: subscriptions, else deliveries, else contracts."""
+    found = operator(request)
+    for scope, page in (
+        (Scope.SUBSCRIPTIONS_READ, "/subscriptions"),
+        (Scope.DELIVERIES_READ, "/deliveries"),
+    ):
+        if found.may(scope):
+            raise web.HTTPSeeOther(page)
+    raise web.HTTPSeeOther("/contracts")
 
 
 async def _healthz(request: web.Request) -> web.StreamResponse:

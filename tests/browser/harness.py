@@ -75,6 +75,7 @@ class Tokens:
     directory: Path
     acme_admin: str
     acme_viewer: str
+    acme_publisher: str
     globex_admin: str
     platform: str
 
@@ -91,7 +92,13 @@ class Tokens:
         return path
 
     def all(self) -> tuple[str, ...]:
-        return (self.acme_admin, self.acme_viewer, self.globex_admin, self.platform)
+        return (
+            self.acme_admin,
+            self.acme_viewer,
+            self.acme_publisher,
+            self.globex_admin,
+            self.platform,
+        )
 
 
 def write_tokens(directory: Path) -> Tokens:
@@ -100,12 +107,14 @@ def write_tokens(directory: Path) -> Tokens:
         directory=directory,
         acme_admin=f"acme-admin-{secrets.token_hex(16)}",
         acme_viewer=f"acme-viewer-{secrets.token_hex(16)}",
+        acme_publisher=f"acme-publisher-{secrets.token_hex(16)}",
         globex_admin=f"globex-admin-{secrets.token_hex(16)}",
         platform=f"platform-{secrets.token_hex(16)}",
     )
     entries = [
         (tokens.acme_admin, "acme", list(TENANT_SCOPES)),
         (tokens.acme_viewer, "acme", ["subscriptions:read", "deliveries:read"]),
+        (tokens.acme_publisher, "acme", ["publish"]),
         (tokens.globex_admin, "globex", list(TENANT_SCOPES)),
         (tokens.platform, "*", ["admin"]),
     ]

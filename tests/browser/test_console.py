@@ -287,6 +287,17 @@ def test_a_read_only_token_is_offered_no_change(
     expect(viewer.get_by_role("button", name="Redeliver")).to_have_count(0)
 
 
+def test_a_token_that_only_publishes_is_shown_only_the_contracts(
+    signed_in: SignedIn, platform: Platform
+) -> None:
+    publisher = signed_in(platform.tokens.acme_publisher)
+    expect(publisher).to_have_url(re.compile(r"/contracts$"))
+    navigation = publisher.get_by_role("navigation", name="Main")
+    expect(navigation.get_by_role("link")).to_have_text(["Contracts"])
+    assert _status(publisher, "/subscriptions") == 403
+    assert _status(publisher, "/deliveries") == 403
+
+
 def test_forged_form_posts_are_refused_and_change_nothing(
     signed_in: SignedIn, platform: Platform, form_subscription: FormSubscription
 ) -> None:
