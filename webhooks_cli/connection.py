@@ -17,9 +17,9 @@ from typing import TypeVar, cast
 
 import grpc
 import typer
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from service_common.status_details import field_violations
 from service_common.tls import TlsConfigError, client_tls
 from webhooks_cli.output import Output
 
@@ -30,7 +30,6 @@ __all__ = [
     "Settings",
     "collect_pages",
     "error_of",
-    "field_violations",
     "settings_of",
 ]
 
@@ -156,22 +155,6 @@ def _reason(details: str) -> str:
 def _call_of(error: grpc.RpcError) -> grpc.Call | None:
     # Errors of the sync API are also the call (code, details, trailers); the stubs miss that.
     return cast(grpc.Call, error) if hasattr(error, "code") and hasattr(error, "details") else None
-
-
-def field_violations(call: grpc.Call) -> list[tuple[str, str]]:
-    """The google.rpc.BadRequest field violations a service attached to a failed call."""
-    try:
-        status = rpc_status.from_call(call)
-    except ValueError:  # details that contradict the status: ignore them
-        return []
-    if status is None:
-        return []
-    found: list[tuple[str, str]] = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.extend((v.field, v.description) for v in bad_request.field_violations)
-    return found
 
 
 def _one_line(text: str) -> str:

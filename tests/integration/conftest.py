@@ -7,12 +7,11 @@ import concurrent.futures
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatcher_service.server import RunningDispatcher
 from dispatcher_service.server import create_server as create_dispatcher
 from dispatcher_service.settings import DispatcherSettings
+from service_common import status_details
 from subscription_service.server import RunningServer, create_server
 from subscription_service.settings import SubscriptionSettings
 from tests.conftest import Tokens
@@ -143,15 +143,7 @@ async def explore(
 
 def field_violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The google.rpc.BadRequest field violations of a failed call, by field."""
-    metadata: tuple[tuple[str, str | bytes], ...] = tuple(error.trailing_metadata() or ())  # type: ignore[arg-type]
-    for key, value in metadata:
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                bad_request = error_details_pb2.BadRequest()
-                if detail.Unpack(bad_request):
-                    return {v.field: v.description for v in bad_request.field_violations}
-    return {}
+    return dict(status_details.field_violations(cast(grpc.Call, error)))
 
 
 @pytest.fixture

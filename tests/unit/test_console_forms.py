@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from console.call_errors import field_errors, form_field, violations
+from console.call_errors import field_errors, form_field
 from console.csrf import origin_matches
 from console.session import Operator, session_key
 from console.subscription_forms import (
@@ -252,19 +252,6 @@ def test_form_field_drops_the_prefix_indexes_and_subfields(
     field: str, prefix: str, expected: str
 ) -> None:
     assert form_field(field, prefix=prefix) == expected
-
-
-def test_violations_reads_the_bad_request_in_the_trailing_metadata() -> None:
-    details = _status(("subscription.url", "must be https"), ("x", "y")).SerializeToString()
-    metadata: list[tuple[str, object]] = [
-        ("other", b"\x00"),
-        ("grpc-status-details-bin", "not bytes"),
-        ("grpc-status-details-bin", details),
-    ]
-    assert violations(metadata) == [
-        ("subscription.url", "must be https"),
-        ("x", "y"),
-    ]
 
 
 def test_field_errors_maps_violations_to_form_fields_first_one_wins() -> None:
