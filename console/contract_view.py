@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from webhook_contracts.locations import pointer_tokens
+
 __all__ = ["FieldRow", "constraints", "field_rows", "resolve", "type_name"]
 
 Schema = Mapping[str, Any]
@@ -84,7 +86,8 @@ def resolve(ref: str, root: Schema) -> Schema | None:
     if not ref.startswith("#"):
         return None
     node: object = root
-    for token in _pointer_tokens(ref[1:]):
+    # A URI fragment: percent-decoded first, then read as a JSON pointer.
+    for token in pointer_tokens(unquote(ref[1:])):
         node = _child(node, token)
     return node if isinstance(node, Mapping) else None
 
@@ -238,14 +241,6 @@ def _json_type(value: object) -> str:
     if value is None:
         return "null"
     return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "any")
-
-
-def _pointer_tokens(pointer: str) -> list[str]:
-    """RFC 6901 tokens of a URI fragment: percent-decoded, then `~1` and `~0` unescaped."""
-    if not pointer:
-        return []
-    tokens = unquote(pointer).split("/")[1:]
-    return [token.replace("~1", "/").replace("~0", "~") for token in tokens]
 
 
 def _child(node: object, token: str) -> object:

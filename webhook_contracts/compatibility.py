@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .documents import ContractDocuments, load_documents
 from .ids import name_of, schema_id
+from .locations import pointer_tokens
 from .references import referenced_documents
 from .registry import Registry
 from .released import read_release
@@ -95,8 +96,7 @@ def _body_shape(documents: ContractDocuments, message_type: str) -> Shape:
             raise ValueError(f"{message_type}: unresolvable $ref {ref}")
         node: object = documents.get(name)
         _, _, pointer = ref.partition("#")
-        for step in filter(None, pointer.split("/")):
-            key = step.replace("~1", "/").replace("~0", "~")
+        for key in pointer_tokens(pointer):
             node = node[key] if isinstance(node, dict) else None
         return node
 

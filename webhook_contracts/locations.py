@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 
-__all__ = ["Location", "dotted", "json_pointer"]
+__all__ = ["Location", "dotted", "json_pointer", "pointer_tokens"]
 
 Location = tuple[str | int, ...]
 
@@ -36,3 +36,9 @@ def dotted(location: Iterable[str | int]) -> str:
 def json_pointer(location: Iterable[str | int]) -> str:
     """RFC 6901 pointer to the same place, e.g. ``/payload/details/amount``."""
     return "".join("/" + str(step).replace("~", "~0").replace("/", "~1") for step in location)
+
+
+def pointer_tokens(pointer: str) -> list[str]:
+    """The keys an RFC 6901 pointer names, unescaped: ``/$defs/a~1b`` as ``["$defs", "a/b"]``
+    (the inverse of `json_pointer`; the empty pointer names the root, no keys)."""
+    return [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]

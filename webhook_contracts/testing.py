@@ -16,6 +16,7 @@ from hypothesis.errors import HypothesisWarning
 from hypothesis_jsonschema import from_schema
 
 from .ids import name_of
+from .locations import pointer_tokens
 from .parts import Part
 from .registry import Registry, load_registry
 
@@ -83,8 +84,8 @@ def _strategy(registry: Registry, message_type: str, part: Part) -> st.SearchStr
 def _resolve(registry: Registry, uri: str) -> Any:
     node: Any = registry.documents.get(name_of(uri))
     _, _, pointer = uri.partition("#")
-    for step in filter(None, pointer.split("/")):
-        node = node[step.replace("~1", "/").replace("~0", "~")]
+    for key in pointer_tokens(pointer):
+        node = node[key]
     return node
 
 
