@@ -18,6 +18,7 @@ from aiohttp import web
 
 from console.access import calls, require
 from console.call_errors import field_errors
+from console.form_fields import field_text
 from console.rendering import flash, render
 from service_common.auth import Scope
 from service_common.conversions import timestamp_of
@@ -98,13 +99,10 @@ def parse_since(text: str) -> datetime:
 
 def replay_form(fields: Mapping[str, object]) -> ReplayForm:
     """The replay form as posted (non-text fields ignored)."""
-
-    def text(name: str) -> str:
-        value = fields.get(name, "")
-        return value.strip() if isinstance(value, str) else ""
-
     return ReplayForm(
-        subscription_id=text("subscription_id"), since=text("since"), tenant=text("tenant")
+        subscription_id=field_text(fields, "subscription_id"),
+        since=field_text(fields, "since"),
+        tenant=field_text(fields, "tenant"),
     )
 
 
@@ -178,7 +176,7 @@ async def delivery_list(request: web.Request) -> web.StreamResponse:
         "states": STATES,
         "may_replay": found.may(Scope.DELIVERIES_WRITE),
         "next_page": page.next_page_token,
-        "first_page": bool(listing.page_token),
+        "later_page": bool(listing.page_token),
     }
     return await render(request, "deliveries.html", context)
 
@@ -212,9 +210,9 @@ async def delivery_redeliver(request: web.Request) -> web.StreamResponse:
 @routes.get("/redeliver")
 async def replay_page(request: web.Request) -> web.StreamResponse:
     require(request, Scope.DELIVERIES_WRITE)
+    query = request.query
     form = ReplayForm(
-        subscription_id=request.query.get("subscription_id", "").strip(),
-        tenant=request.query.get("tenant", "").strip(),
+        subscription_id=field_text(query, "subscription_id"), tenant=field_text(query, "tenant")
     )
     return await _replay_page(request, form, errors={})
 

@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 
 from console.access import SERVICES
+from console.form_fields import field_text
 from console.rendering import flash, render
 from console.services import Calls
 from console.session import Operator, sign_in, sign_out, signed_in
@@ -36,7 +37,7 @@ async def sign_in_form(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/sign-in")
 async def sign_in_submit(request: web.Request) -> web.StreamResponse:
-    token = str((await request.post()).get("token", "")).strip()
+    token = field_text(await request.post(), "token")
     if not token:
         return await _refused(request, "Enter a token.")
     operator = await operator_of(request.app[SERVICES].calls(token), token)

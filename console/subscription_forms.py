@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from console.form_fields import field_text
 from webhooks.v1 import subscription_service_pb2 as pb
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "SubscriptionForm",
     "create_request",
     "form_of",
+    "list_request",
     "posted",
     "split_types",
     "toggle_request",
@@ -32,6 +34,8 @@ ALGORITHMS: tuple[tuple[str, str, pb.SignatureAlgorithm.ValueType], ...] = (
     ("rsa-pkcs1-sha256", "RSA PKCS#1, SHA-256", pb.SIGNATURE_ALGORITHM_RSA_PKCS1_SHA256),
 )
 _EDITABLE = ("url", "message_types", "description", "signature_algorithm")
+# The list's `enabled` filter: value in the query, and what it asks for (None: any).
+_ENABLED_FILTER = {"": None, "true": True, "false": False}
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,7 @@ def posted(fields: Mapping[str, object]) -> SubscriptionForm:
     """The form as posted (unknown or non-text fields ignored)."""
 
     def text(name: str) -> str:
-        value = fields.get(name, "")
-        return value.strip() if isinstance(value, str) else ""
+        return field_text(fields, name)
 
     return SubscriptionForm(
         url=text("url"),
@@ -76,6 +79,27 @@ def posted(fields: Mapping[str, object]) -> SubscriptionForm:
         tenant=text("tenant"),
         etag=text("etag"),
     )
+
+
+def list_request(
+    query: Mapping[str, str], *, all_tenants: bool, page_size: int
+) -> tuple[dict[str, str], pb.ListSubscriptionsRequest]:
+    """The list's filters as typed (for the form and the pager) and its request.
+
+    `enabled` is `true`, `false` or empty (any); `tenant` is only sent for a token of every
+    tenant.
+    """
+    filters = {name: query.get(name, "") for name in ("message_type", "enabled", "tenant")}
+    listing = pb.ListSubscriptionsRequest(
+        page_size=page_size,
+        page_token=query.get("page", ""),
+        message_type=filters["message_type"],
+        tenant=filters["tenant"] if all_tenants else "",
+    )
+    enabled = _ENABLED_FILTER.get(filters["enabled"])
+    if enabled is not None:
+        listing.enabled = enabled
+    return filters, listing
 
 
 def form_of(subscription: pb.Subscription) -> SubscriptionForm:

@@ -13,14 +13,16 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from console.access import calls, operator, require
+from console.access import calls, require
 from console.call_errors import field_errors
+from console.form_fields import field_text
 from console.rendering import flash, render
 from console.subscription_forms import (
     ALGORITHMS,
     SubscriptionForm,
     create_request,
     form_of,
+    list_request,
     posted,
     toggle_request,
     update_request,
@@ -32,7 +34,6 @@ __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 PAGE_SIZE = 25
-_ENABLED_FILTER = {"": None, "true": True, "false": False}
 CONFLICT = "This subscription changed since the form was opened: someone else saved it."
 _CONFLICT_ON_EDIT = (
     f"{CONFLICT} Nothing was saved. Its current values are shown below the form; "
@@ -42,25 +43,15 @@ _CONFLICT_ON_EDIT = (
 
 @routes.get("/subscriptions")
 async def subscription_list(request: web.Request) -> web.StreamResponse:
-    require(request, Scope.SUBSCRIPTIONS_READ)
-    query = request.query
-    filters = {name: query.get(name, "") for name in ("message_type", "enabled", "tenant")}
-    listing = pb.ListSubscriptionsRequest(
-        page_size=PAGE_SIZE,
-        page_token=query.get("page", ""),
-        message_type=filters["message_type"],
-        tenant=filters["tenant"] if operator(request).all_tenants else "",
-    )
-    enabled = _ENABLED_FILTER.get(filters["enabled"])
-    if enabled is not None:
-        listing.enabled = enabled
+    all_tenants = require(request, Scope.SUBSCRIPTIONS_READ).all_tenants
+    filters, listing = list_request(request.query, all_tenants=all_tenants, page_size=PAGE_SIZE)
     c = calls(request)
     found = await c(c.subscriptions.ListSubscriptions, listing)
     context: dict[str, Any] = {
         "subscriptions": found.subscriptions,
         "filters": filters,
         "next_page": found.next_page_token,
-        "first_page": bool(listing.page_token),
+        "later_page": bool(listing.page_token),
     }
     return await render(request, "subscriptions.html", context)
 
@@ -111,7 +102,7 @@ async def subscription_save(request: web.Request) -> web.StreamResponse:
             retry = replace(form, etag=current.etag)
             errors = {"": _CONFLICT_ON_EDIT}
             return await _form_page(request, retry, errors, editing=current, status=409)
-        return await _refused(request, error, form, editing=await _get(request))
+        return await _refused(request, error, form, editing=True)
     await flash(request, "Subscription saved.")
     raise web.HTTPSeeOther(f"/subscriptions/{request.match_info['id']}")
 
@@ -136,7 +127,7 @@ async def subscription_delete_confirm(request: web.Request) -> web.StreamRespons
 @routes.post("/subscriptions/{id}/delete")
 async def subscription_delete(request: web.Request) -> web.StreamResponse:
     require(request, Scope.SUBSCRIPTIONS_WRITE)
-    etag = str((await request.post()).get("etag", ""))
+    etag = field_text(await request.post(), "etag")
     c = calls(request)
     deleting = pb.DeleteSubscriptionRequest(id=request.match_info["id"], etag=etag)
     try:
@@ -157,8 +148,8 @@ async def _toggle(request: web.Request, *, enabled: bool) -> web.StreamResponse:
     toggling = toggle_request(
         subscription_id,
         enabled=enabled,
-        reason=str(fields.get("reason", "")).strip(),
-        etag=str(fields.get("etag", "")),
+        reason=field_text(fields, "reason"),
+        etag=field_text(fields, "etag"),
     )
     c = calls(request)
     try:
@@ -190,12 +181,14 @@ async def _refused(
     error: grpc.aio.AioRpcError,
     form: SubscriptionForm,
     *,
-    editing: pb.Subscription | None = None,
+    editing: bool = False,
 ) -> web.StreamResponse:
-    """The form again, as typed, with what the service said about each field."""
+    """The form again, as typed, with what the service said about each field (and, when
+    `editing`, the subscription as it is now); any other failure is the failure page's."""
     if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
         raise error
-    return await _form_page(request, form, field_errors(error), editing=editing, status=400)
+    current = await _get(request) if editing else None
+    return await _form_page(request, form, field_errors(error), editing=current, status=400)
 
 
 async def _form_page(

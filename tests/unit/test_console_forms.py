@@ -14,11 +14,13 @@ from grpc_status import rpc_status
 
 from console.call_errors import field_errors, form_field
 from console.csrf import origin_matches
+from console.form_fields import field_text
 from console.session import Operator, session_key
 from console.subscription_forms import (
     SubscriptionForm,
     create_request,
     form_of,
+    list_request,
     posted,
     split_types,
     toggle_request,
@@ -204,6 +206,40 @@ def test_form_of_round_trips_a_subscription_without_its_secret() -> None:
 
 def test_form_of_an_unspecified_algorithm_is_the_default_option() -> None:
     assert form_of(pb.Subscription()).signature_algorithm == ""
+
+
+def test_list_request_sends_the_filters_and_the_page() -> None:
+    filters, listing = list_request(
+        {"message_type": "event.claim.created.v1", "enabled": "false", "page": "p2"},
+        all_tenants=False,
+        page_size=25,
+    )
+    assert filters == {"message_type": "event.claim.created.v1", "enabled": "false", "tenant": ""}
+    assert (listing.page_size, listing.page_token) == (25, "p2")
+    assert listing.message_type == "event.claim.created.v1"
+    assert listing.HasField("enabled")
+    assert listing.enabled is False
+
+
+@pytest.mark.parametrize("enabled", ["", "maybe"])
+def test_list_request_without_a_known_enabled_filter_asks_for_any(enabled: str) -> None:
+    _, listing = list_request({"enabled": enabled}, all_tenants=False, page_size=25)
+    assert not listing.HasField("enabled")
+
+
+@pytest.mark.parametrize(("all_tenants", "sent"), [(True, "globex"), (False, "")])
+def test_list_request_sends_the_tenant_only_for_a_token_of_every_tenant(
+    all_tenants: bool, sent: str
+) -> None:
+    _, listing = list_request({"tenant": "globex"}, all_tenants=all_tenants, page_size=25)
+    assert listing.tenant == sent
+
+
+def test_field_text_is_trimmed_text_or_empty() -> None:
+    fields: dict[str, object] = {"reason": "  flaky endpoint \n", "upload": b"bytes"}
+    assert field_text(fields, "reason") == "flaky endpoint"
+    assert field_text(fields, "upload") == ""
+    assert field_text(fields, "missing") == ""
 
 
 # --- call_errors --------------------------------------------------------------------------
