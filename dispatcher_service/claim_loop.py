@@ -136,7 +136,7 @@ class ClaimLoop:
                 backoff = await self._claim_failed(error, backoff, began=began)
                 continue
             backoff = self._limits.poll_interval
-            self._outage.ended()
+            self._outage.ended(began=began)
             if await self._took(claim, batch, now=now):
                 await self._idle()
 

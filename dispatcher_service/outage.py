@@ -45,6 +45,9 @@ class Outage:
     while the database was away can fail after another has already found it back. That
     failure belongs to the outage that just ended, not to a new one, so a caller passes
     `began` (from `began()`, taken before its call) and such a late failure is not told.
+    Likewise a call that began before the outage was noticed can succeed after it (it
+    reached the server before it went): that says nothing of the database now, so a
+    success passes its `began` too and ends no outage that began after it.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -65,8 +68,11 @@ class Outage:
         self._since = self._clock()
         log.warning("database unavailable while %s; retrying with backoff until it is back", doing)
 
-    def ended(self) -> None:
+    def ended(self, *, began: float | None = None) -> None:
         if self._since is not None:
+            if began is not None and began < self._since:
+                log.debug("a call begun before the database went away succeeded")
+                return
             now = self._clock()
             log.info("database available again after %.1fs", now - self._since)
             self._since = None

@@ -191,7 +191,7 @@ class AttemptRecorder:
                 # these deliveries are sent again once their leases run out.
                 log.exception("could not record %d attempts", len(batch))
                 return
-        self._outage.ended()
+        self._outage.ended(began=began)
         for completion in batch:
             self.count(completion.state, completion.tenant)
         for health in failing:

@@ -78,3 +78,24 @@ def test_a_failure_without_a_start_time_always_counts(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="dispatcher_service.outage"):
         outage.failed("giving back deliveries")
     assert len(warnings(caplog)) == 1
+
+
+def test_a_call_begun_before_the_outage_that_succeeds_after_it_does_not_end_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    outage = Outage(clock)
+    early_claim = outage.began()  # e.g. a claim already answered by the server going down
+    clock.now += 0.001
+    with caplog.at_level(logging.INFO, logger="dispatcher_service.outage"):
+        outage.failed("recording attempts", began=outage.began())
+        outage.ended(began=early_claim)
+        clock.now += 2
+        outage.failed("claiming deliveries", began=outage.began())
+        outage.ended(began=outage.began())
+    assert warnings(caplog) == [
+        "database unavailable while recording attempts; retrying with backoff until it is back"
+    ]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "database available again after 2.0s"
+    ]
